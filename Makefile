@@ -1,0 +1,31 @@
+# Two set-up commands for a fresh machine (see README.md):
+#   make demo   create .venv if needed, install, train on the bundled data, write forecasts + plots + report
+#   make test   install the test extras into the same .venv, run ruff and pytest
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install --disable-pip-version-check -q -c constraints.txt
+
+.PHONY: demo test bench install install-test
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PIP) -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/bayesdyn demo --out runs/demo
+
+test: $(VENV)/.installed-test
+	$(VENV)/bin/ruff check bayesdyn tests examples benchmarks
+	$(VENV)/bin/ruff format --check bayesdyn tests examples benchmarks
+	$(PY) -m pytest -q
+
+bench: $(VENV)/.installed-test
+	$(PY) benchmarks/bench_latent_sde.py
