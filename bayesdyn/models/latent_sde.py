@@ -1,0 +1,425 @@
+"""``LatentSDE``: a latent neural SDE for irregular time series as a Pyro model and guide.
+
+Generative model (``model``), per series ``b``::
+
+    z0[b]  ~ Normal(m0, s0)                                      site "z0"
+    z[b]   ~ SDEPath(prior SDE: dz = f_p(t, z, u) dt + g(z) dW)  site "z"   (event [U, L])
+    y[b,i] ~ p(y | z[b](t_bi))  for each observed channel         site "obs"  (masked)
+    y*[b,j]~ p(y | z[b](s_j))   at query times s_j, if given      site "pred"
+
+Guide (``guide``): ``q(z0)`` and a posterior SDE with the same diffusion and a drift
+``f_q(t, z, u, c(t))`` that also reads an encoder context ``c(t)`` of the observations. After a
+series' last observation the posterior drift equals the prior's, so forecasts continue with
+the prior dynamics and the path KL there is exactly zero.
+
+Plates: ``"series"`` at ``dim=-2`` and ``"time"`` at ``dim=-1``; ``max_plate_nesting = 2``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Literal
+
+import pyro
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from pyro import poutine
+from pyro.nn import PyroModule
+from torch import Tensor, nn
+
+from .._validation import BayesdynTypeError, BayesdynValueError
+from ..solvers import UnionGrid, gather_on_grid, make_union_grid
+from .base import AbstractSDE
+from .nets import (
+    DiagonalDiffusion,
+    DriftNet,
+    FirstKEncoder,
+    GaussianDecoder,
+    GRUEncoder,
+    StudentTDecoder,
+)
+from .sde_path import SDEPath
+
+__all__ = [
+    "OBS_SITE",
+    "PATH_SITE",
+    "PRED_SITE",
+    "Z0_SITE",
+    "LatentSDE",
+    "LatentSDEConfig",
+]
+
+#: Site name of the initial latent state, batch ``[B, 1]``, event ``[L]``.
+Z0_SITE = "z0"
+#: Site name of the latent path on the solver grid, batch ``[B, 1]``, event ``[U, L]``.
+PATH_SITE = "z"
+#: Site name of the observations, batch ``[B, T]``, event ``[D]``, masked per channel.
+OBS_SITE = "obs"
+#: Site name of predicted observations at query times, batch ``[B, Q]``, event ``[D]``.
+PRED_SITE = "pred"
+
+
+@dataclass
+class LatentSDEConfig:
+    """Hyperparameters of :class:`LatentSDE` (plain values, so they save as JSON).
+
+    Attributes:
+        obs_dim: observed channels ``D``.
+        latent_dim: latent dimensions ``L``.
+        hidden_dim: width of the drift networks.
+        context_dim: encoder context size ``C``.
+        encoder: ``"gru"`` (reverse-time GRU over all observations: a smoother) or
+            ``"first_k"`` (MLP over the first ``num_context_obs`` observations).
+        num_context_obs: ``k`` for ``encoder="first_k"``.
+        encoder_hidden_dim: GRU/MLP width of the encoder (default ``hidden_dim``).
+        decoder: ``"gaussian"`` or ``"student_t"``.
+        decoder_hidden_dim: 0 for a linear decoder.
+        obs_scale_init: initial observation scale; learn_obs_scale: learn it.
+        stable_drift: mean-reverting prior drift (bounded long forecasts).
+        diffusion_min, diffusion_max: bounds of the diagonal diffusion.
+        diffusion_hidden_dim: width of the per-dimension diffusion nets.
+        diffusion_state_dependent: ``False`` for a constant diffusion per dimension.
+        covariate_dim: exogenous inputs ``u(t)`` fed to both drifts (``batch.covariates``).
+        time_input: feed ``t`` to both drifts.
+        num_layers: hidden layers of the drift networks.
+        activation: activation of the drift networks.
+        dt: largest solver step.
+        t0: time of the initial state (default: the batch's earliest time).
+    """
+
+    obs_dim: int
+    latent_dim: int = 4
+    hidden_dim: int = 64
+    context_dim: int = 16
+    encoder: Literal["gru", "first_k"] = "gru"
+    num_context_obs: int = 3
+    encoder_hidden_dim: int | None = None
+    decoder: Literal["gaussian", "student_t"] = "gaussian"
+    decoder_hidden_dim: int = 0
+    obs_scale_init: float = 0.1
+    learn_obs_scale: bool = True
+    stable_drift: bool = False
+    diffusion_min: float = 1e-3
+    diffusion_max: float = 1.0
+    diffusion_hidden_dim: int = 16
+    diffusion_state_dependent: bool = True
+    covariate_dim: int = 0
+    time_input: bool = False
+    num_layers: int = 2
+    activation: str = "softplus"
+    dt: float = 0.05
+    t0: float | None = None
+
+    def __post_init__(self):
+        for name in ("obs_dim", "latent_dim", "hidden_dim", "context_dim", "num_layers"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise BayesdynValueError(f"{name} must be a positive integer; got {v!r}")
+        if self.encoder not in ("gru", "first_k"):
+            raise BayesdynValueError(f"encoder must be 'gru' or 'first_k'; got {self.encoder!r}")
+        if self.decoder not in ("gaussian", "student_t"):
+            raise BayesdynValueError(
+                f"decoder must be 'gaussian' or 'student_t'; got {self.decoder!r}"
+            )
+        if not (isinstance(self.dt, (int, float)) and math.isfinite(self.dt) and self.dt > 0):
+            raise BayesdynValueError(f"dt must be a finite positive number; got {self.dt!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> LatentSDEConfig:
+        """Build from a dict, naming unknown keys in the error."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise BayesdynValueError(
+                f"unknown LatentSDE option(s) {unknown}; known options are {sorted(known)}"
+            )
+        return cls(**d)
+
+
+class _Z0Prior(nn.Module):
+    def __init__(self, latent_dim: int):
+        super().__init__()
+        self.loc = nn.Parameter(torch.zeros(latent_dim))
+        self.raw_scale = nn.Parameter(torch.zeros(latent_dim))
+
+    def scale(self) -> Tensor:
+        return F.softplus(self.raw_scale) + 1e-4
+
+
+class _BoundSDE(AbstractSDE):
+    """Prior or posterior latent SDE bound to one grid, with grid features precomputed.
+
+    ``pre`` holds the first-layer contribution of everything the drift sees besides the state
+    (context, covariates, time) at each grid point; ``active`` says where the posterior drift
+    applies (before each series' last observation); elsewhere the prior drift is used.
+
+    Shapes: ``pre [B, 1, U, H]`` (or ``[H]``), ``active [B, 1, U]`` (posterior only).
+    """
+
+    def __init__(
+        self,
+        drift: DriftNet,
+        diffusion: DiagonalDiffusion,
+        grid: Tensor,
+        pre: Tensor,
+        prior: _BoundSDE | None = None,
+        active: Tensor | None = None,
+    ):
+        super().__init__(drift.state_dim)
+        # Plain attributes, not submodules: a bound SDE is a view of the LatentSDE's nets.
+        object.__setattr__(self, "_drift", drift)
+        object.__setattr__(self, "_diffusion", diffusion)
+        object.__setattr__(self, "_prior", prior)
+        self.grid = grid
+        self.pre = pre
+        self._weights = drift.bind()
+        U = grid.numel()
+        self._pre_steps = pre.unbind(-2) if pre.dim() >= 2 else [pre] * U
+        self.active = active
+        if active is not None:
+            self._active_steps = active.unsqueeze(-1).unbind(-2)
+            self._all_active = active.all(0).all(0).tolist()
+        else:
+            self._active_steps = None
+            self._all_active = None
+
+    def _pre_on_path(self) -> Tensor:
+        return self.pre[..., :-1, :] if self.pre.dim() >= 2 else self.pre
+
+    def step(self, k: int, t: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+        f = self._drift.forward_pre(z, self._pre_steps[k], self._weights)
+        g = self._diffusion(z)
+        if self._prior is not None and not self._all_active[k]:
+            f_p = self._prior._drift.forward_pre(z, self._prior._pre_steps[k], self._prior._weights)
+            f = torch.where(self._active_steps[k], f, f_p)
+        return f, g
+
+    def on_path(self, ts: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+        f = self._drift.forward_pre(z, self._pre_on_path(), self._weights)
+        g = self._diffusion(z)
+        if self._prior is not None and not all(self._all_active[:-1]):
+            f_p = self._prior._drift.forward_pre(
+                z, self._prior._pre_on_path(), self._prior._weights
+            )
+            f = torch.where(self.active[..., :-1].unsqueeze(-1), f, f_p)
+        return f, g
+
+    def drift_and_diffusion(self, t: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+        # Arbitrary times (torchsde adapter): use the features of the grid interval holding t.
+        k = int(torch.searchsorted(self.grid, t.reshape(()), right=True)) - 1
+        return self.step(min(max(k, 0), self.grid.numel() - 1), t, z)
+
+
+class LatentSDE(PyroModule):
+    """A latent neural SDE for irregularly sampled, partially observed series.
+
+    ``model(batch)`` and ``guide(batch)`` follow Pyro's contract, so they train with
+    ``pyro.infer.SVI`` and :class:`bayesdyn.inference.PathELBO` (or ``bayesdyn.fit``), and
+    work with ``poutine.trace``, ``condition``, ``do`` and ``Predictive``.
+
+    Args:
+        obs_dim: observed channels ``D`` (or pass a :class:`LatentSDEConfig` as ``config``).
+        **options: any :class:`LatentSDEConfig` field.
+
+    Shapes:
+        - ``batch``: an :class:`~bayesdyn.data.IrregularBatch` with ``times [B, T]``,
+          ``values [B, T, D]``, ``mask [B, T, D]``, ``lengths [B]``, optional
+          ``covariates [B, T, K]``.
+        - ``query_times``: ``[Q]`` or ``[B, Q]``.
+        - site ``"z"``: ``[*sample, B, 1, U, L]``; ``model`` returns the latent path at the
+          observation times, ``[*sample, B, T, L]``.
+    """
+
+    max_plate_nesting = 2
+
+    def __init__(
+        self, obs_dim: int | None = None, *, config: LatentSDEConfig | None = None, **options
+    ):
+        super().__init__(name="latent_sde")
+        if config is None:
+            if obs_dim is None:
+                raise BayesdynValueError("obs_dim is required (or pass config=LatentSDEConfig)")
+            config = LatentSDEConfig.from_dict({"obs_dim": obs_dim, **options})
+        elif options or obs_dim is not None:
+            raise BayesdynValueError("pass either config or obs_dim/options, not both")
+        self.config = c = config
+        L, H, C = c.latent_dim, c.hidden_dim, c.context_dim
+        extra = c.covariate_dim + int(c.time_input)
+        enc_h = c.encoder_hidden_dim or H
+        if c.encoder == "gru":
+            self.encoder = GRUEncoder(c.obs_dim, enc_h, C)
+        else:
+            self.encoder = FirstKEncoder(c.obs_dim, c.num_context_obs, enc_h, C)
+        self.qz0_net = nn.Linear(C, 2 * L)
+        self.z0_prior = _Z0Prior(L)
+        kw = dict(num_layers=c.num_layers, activation=c.activation)
+        self.prior_drift = DriftNet(L, H, extra, stable=c.stable_drift, **kw)
+        self.post_drift = DriftNet(L, H, extra + C, **kw)
+        self.diffusion = DiagonalDiffusion(
+            L,
+            c.diffusion_hidden_dim,
+            min_scale=c.diffusion_min,
+            max_scale=c.diffusion_max,
+            init_scale=min(
+                0.1 * c.diffusion_max + 0.9 * c.diffusion_min + 0.05,
+                0.5 * (c.diffusion_min + c.diffusion_max),
+            ),
+            state_dependent=c.diffusion_state_dependent,
+        )
+        dec = StudentTDecoder if c.decoder == "student_t" else GaussianDecoder
+        self.decoder = dec(
+            L,
+            c.obs_dim,
+            c.decoder_hidden_dim,
+            init_scale=c.obs_scale_init,
+            learn_scale=c.learn_obs_scale,
+        )
+
+    # ------------------------------------------------------------------ helpers
+    def check_batch(self, batch) -> None:
+        """Check that ``batch`` fits this model (types, channels, covariates)."""
+        for attr in ("times", "values", "mask", "lengths"):
+            if not hasattr(batch, attr):
+                raise BayesdynTypeError(
+                    "batch must be an IrregularBatch (IrregularTimeSeries.to_batch()); "
+                    f"got {type(batch).__name__} without .{attr}"
+                )
+        D = batch.values.shape[-1]
+        if D != self.config.obs_dim:
+            raise BayesdynValueError(
+                f"values has {D} channels, the model expects {self.config.obs_dim}"
+            )
+        cov = getattr(batch, "covariates", None)
+        K = 0 if cov is None else cov.shape[-1]
+        if K != self.config.covariate_dim:
+            raise BayesdynValueError(
+                f"batch has {K} covariates, the model expects covariate_dim="
+                f"{self.config.covariate_dim}"
+            )
+
+    def make_grid(self, batch, query_times: Tensor | None = None) -> UnionGrid:
+        """The solver grid for a batch (and query times). Shapes: ``grid [U]``."""
+        return make_union_grid(
+            batch.times, query_times=query_times, dt=self.config.dt, t0=self.config.t0
+        )
+
+    def _grid_inputs(self, batch, grid: Tensor) -> Tensor | None:
+        """Time and covariates on the grid, ``[B, U, E]`` (covariates held piecewise constant)."""
+        parts = []
+        B = batch.times.shape[0]
+        if self.config.covariate_dim:
+            row = (
+                torch.searchsorted(
+                    batch.times.contiguous(), grid.expand(B, -1).contiguous(), right=True
+                )
+                - 1
+            )
+            row = row.clamp(min=0)
+            row = torch.minimum(row, (batch.lengths - 1).unsqueeze(-1))
+            cov = batch.covariates
+            parts.append(torch.gather(cov, 1, row.unsqueeze(-1).expand(-1, -1, cov.shape[-1])))
+        if self.config.time_input:
+            parts.append(grid.expand(B, -1).unsqueeze(-1))
+        return torch.cat(parts, -1) if parts else None
+
+    def _context_on_grid(self, batch, grid: Tensor, context: Tensor) -> Tensor:
+        """Context of the next observation at each grid point: ``[B, T, C] -> [B, U, C]``."""
+        B = batch.times.shape[0]
+        nxt = torch.searchsorted(
+            batch.times.contiguous(), grid.expand(B, -1).contiguous(), right=True
+        )
+        nxt = torch.minimum(nxt, (batch.lengths - 1).unsqueeze(-1))
+        return torch.gather(context, 1, nxt.unsqueeze(-1).expand(-1, -1, context.shape[-1]))
+
+    def prior_sde(self, batch, grid: Tensor) -> AbstractSDE:
+        """The prior SDE bound to ``grid`` (features of time/covariates precomputed)."""
+        x = self._grid_inputs(batch, grid)
+        pre = self.prior_drift.features(x)
+        if pre.dim() > 1:
+            pre = pre.unsqueeze(1)  # [B, 1, U, H]: the singleton is the time-plate dim
+        return _BoundSDE(self.prior_drift, self.diffusion, grid, pre)
+
+    def posterior_sde(self, batch, grid: Tensor, context: Tensor) -> AbstractSDE:
+        """The posterior SDE bound to ``grid``, reading ``context [B, T, C]``."""
+        ctx = self._context_on_grid(batch, grid, context)
+        x = self._grid_inputs(batch, grid)
+        x = ctx if x is None else torch.cat([x, ctx], -1)
+        pre = self.post_drift.features(x).unsqueeze(1)
+        last = batch.times.gather(1, (batch.lengths - 1).unsqueeze(-1))  # [B, 1]
+        active = (grid.unsqueeze(0) < last).unsqueeze(1)  # [B, 1, U]
+        prior = self.prior_sde(batch, grid)
+        return _BoundSDE(self.post_drift, self.diffusion, grid, pre, prior=prior, active=active)
+
+    def encode(self, batch) -> Tensor:
+        """Encoder context at each observation. Shapes: ``[B, T, C]``."""
+        return self.encoder(batch.times, batch.values, batch.mask, batch.lengths)
+
+    # ------------------------------------------------------------------ Pyro
+    def model(self, batch, query_times: Tensor | None = None, kl_scale: float = 1.0) -> Tensor:
+        """Generative model; see the module docstring for the sites and shapes."""
+        self.check_batch(batch)
+        pyro.module("latent_sde", self)
+        grid = self.make_grid(batch, query_times)
+        B, T = batch.times.shape
+        L = self.config.latent_dim
+        sde = self.prior_sde(batch, grid.grid)
+        with pyro.plate("series", B, dim=-2):
+            with poutine.scale(scale=kl_scale):
+                loc = self.z0_prior.loc.expand(B, 1, L)
+                scale = self.z0_prior.scale().expand(B, 1, L)
+                z0 = pyro.sample(Z0_SITE, dist.Normal(loc, scale).to_event(1))
+                z = pyro.sample(PATH_SITE, SDEPath(sde, z0, grid.grid))
+            path = z.squeeze(-3)  # [..., B, U, L]
+            latent = gather_on_grid(path, grid.index)
+            with pyro.plate("time", T, dim=-1):
+                pyro.sample(
+                    OBS_SITE,
+                    self.decoder(latent).mask(batch.mask).to_event(1),
+                    obs=batch.values,
+                )
+            if query_times is not None:
+                qidx = grid.query_index
+                if qidx.dim() == 1:
+                    qidx = qidx.expand(B, -1)
+                with pyro.plate("query", qidx.shape[-1], dim=-1):
+                    pyro.sample(PRED_SITE, self.decoder(gather_on_grid(path, qidx)).to_event(1))
+        return latent
+
+    def guide(self, batch, query_times: Tensor | None = None, kl_scale: float = 1.0) -> Tensor:
+        """Amortised guide: ``q(z0)`` and the posterior SDE. Returns the path ``[..., B, 1, U, L]``."""
+        self.check_batch(batch)
+        pyro.module("latent_sde", self)
+        grid = self.make_grid(batch, query_times)
+        B = batch.times.shape[0]
+        L = self.config.latent_dim
+        context = self.encode(batch)
+        q0 = self.qz0_net(context[:, 0])
+        loc, scale = q0[..., :L], F.softplus(q0[..., L:]) + 1e-4
+        sde = self.posterior_sde(batch, grid.grid, context)
+        with pyro.plate("series", B, dim=-2):
+            with poutine.scale(scale=kl_scale):
+                z0 = pyro.sample(
+                    Z0_SITE, dist.Normal(loc.unsqueeze(1), scale.unsqueeze(1)).to_event(1)
+                )
+                return pyro.sample(PATH_SITE, SDEPath(sde, z0, grid.grid))
+
+    # ------------------------------------------------------------------ save / load
+    def to_checkpoint(self) -> dict:
+        """Plain-data description (config + state dict) loadable with ``weights_only=True``."""
+        return {
+            "format": "bayesdyn.LatentSDE/1",
+            "config": asdict(self.config),
+            "state_dict": self.state_dict(),
+        }
+
+    @classmethod
+    def from_checkpoint(cls, payload: dict) -> LatentSDE:
+        """Inverse of :meth:`to_checkpoint`."""
+        if not isinstance(payload, dict) or payload.get("format") != "bayesdyn.LatentSDE/1":
+            got = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+            raise BayesdynValueError(f"not a bayesdyn LatentSDE checkpoint (format {got!r})")
+        model = cls(config=LatentSDEConfig.from_dict(payload["config"]))
+        model.load_state_dict(payload["state_dict"])
+        return model

@@ -1,0 +1,343 @@
+"""Networks for latent SDEs: drifts, diffusions, encoders and decoders.
+
+Every network that runs inside the solver loop splits its work in two: a part that depends
+only on the grid (time, covariates, encoder context) is computed once per batch by
+``features``/``bind``, and the per-step part is a single small matmul on the state. That is
+what keeps the hot loop lean (see DESIGN.md, performance notes).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .._validation import BayesdynValueError
+
+__all__ = [
+    "MLP",
+    "DiagonalDiffusion",
+    "DriftNet",
+    "FirstKEncoder",
+    "GRUEncoder",
+    "GaussianDecoder",
+    "StudentTDecoder",
+]
+
+_ACTIVATIONS = {"softplus": nn.Softplus, "tanh": nn.Tanh, "relu": nn.ReLU, "silu": nn.SiLU}
+
+
+def _activation(name: str) -> nn.Module:
+    if name not in _ACTIVATIONS:
+        raise BayesdynValueError(f"activation must be one of {sorted(_ACTIVATIONS)}; got {name!r}")
+    return _ACTIVATIONS[name]()
+
+
+class MLP(nn.Sequential):
+    """A plain MLP: ``in_dim -> hidden_dim (x num_layers) -> out_dim``.
+
+    Shapes: ``[..., in_dim] -> [..., out_dim]``.
+    """
+
+    def __init__(
+        self, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int = 2, activation="softplus"
+    ):
+        layers: list[nn.Module] = []
+        d = in_dim
+        for _ in range(num_layers):
+            layers += [nn.Linear(d, hidden_dim), _activation(activation)]
+            d = hidden_dim
+        layers.append(nn.Linear(d, out_dim))
+        super().__init__(*layers)
+
+
+class DriftNet(nn.Module):
+    r"""Drift MLP ``f(z, x)`` whose extra inputs ``x`` (time, covariates ``u(t)``, context) are
+    known on the grid in advance.
+
+    With ``stable=True`` the drift is
+
+    .. math:: f(z, x) = -P z + b \tanh(\mathrm{MLP}(z, x)), \qquad P = A A^\top + \epsilon I,
+
+    a learned negative-definite linear part plus a network bounded by ``b``: the restoring
+    force grows linearly while everything else stays bounded, so paths mean-revert and long
+    forecasts stay bounded.
+
+    Args:
+        state_dim: ``L``.
+        hidden_dim: ``H``.
+        extra_dim: number of extra inputs ``E`` (context + covariates + time).
+        num_layers: hidden layers.
+        activation: ``"softplus"``, ``"tanh"``, ``"relu"`` or ``"silu"``.
+        stable: use the mean-reverting form above.
+        bound: ``b`` for ``stable=True``.
+
+    Shapes:
+        - :meth:`features`: ``x [..., U, E] -> [..., U, H]``
+        - :meth:`forward_pre`: ``z [..., L]``, ``pre [..., H]`` -> ``[..., L]``
+    """
+
+    def __init__(
+        self,
+        state_dim: int,
+        hidden_dim: int,
+        extra_dim: int = 0,
+        *,
+        num_layers: int = 2,
+        activation: str = "softplus",
+        stable: bool = False,
+        bound: float = 1.0,
+    ):
+        super().__init__()
+        if num_layers < 1:
+            raise BayesdynValueError(f"num_layers must be >= 1; got {num_layers}")
+        self.state_dim = state_dim
+        self.extra_dim = extra_dim
+        self.stable = stable
+        self.bound = float(bound)
+        self.first = nn.Linear(state_dim + extra_dim, hidden_dim)
+        rest: list[nn.Module] = [_activation(activation)]
+        for _ in range(num_layers - 1):
+            rest += [nn.Linear(hidden_dim, hidden_dim), _activation(activation)]
+        rest.append(nn.Linear(hidden_dim, state_dim))
+        self.rest = nn.Sequential(*rest)
+        if stable:
+            self.a_factor = nn.Parameter(torch.eye(state_dim) * 0.5)
+            self.raw_eps = nn.Parameter(torch.tensor(math.log(math.expm1(0.1))))
+
+    def features(self, x: Tensor | None) -> Tensor:
+        """Grid-known part of the first layer: ``W_x x + b`` (or ``b`` when ``x`` is None).
+
+        Shapes: ``x [..., E]`` -> ``[..., H]``.
+        """
+        if x is None or self.extra_dim == 0:
+            return self.first.bias
+        if x.shape[-1] != self.extra_dim:
+            raise BayesdynValueError(
+                f"drift extra inputs have {x.shape[-1]} features, the net expects {self.extra_dim}"
+            )
+        return F.linear(x, self.first.weight[:, self.state_dim :], self.first.bias)
+
+    def precision(self) -> Tensor:
+        """``P = A A^T + eps I`` (positive definite) for ``stable=True``. Shapes: ``[L, L]``."""
+        eps = F.softplus(self.raw_eps)
+        return self.a_factor @ self.a_factor.T + eps * torch.eye(
+            self.state_dim, dtype=eps.dtype, device=eps.device
+        )
+
+    def bind(self) -> tuple[Tensor, Tensor | None]:
+        """Weights used per step: the state block of the first layer and ``P`` (or None)."""
+        w_z = self.first.weight[:, : self.state_dim]
+        return w_z, (self.precision() if self.stable else None)
+
+    def forward_pre(
+        self, z: Tensor, pre: Tensor, bound: tuple[Tensor, Tensor | None] | None = None
+    ) -> Tensor:
+        """Drift from the state and precomputed features (see :meth:`features`).
+
+        Shapes: ``z [..., L]``, ``pre`` broadcastable to ``[..., H]`` -> ``[..., L]``.
+        """
+        w_z, prec = self.bind() if bound is None else bound
+        out = self.rest(F.linear(z, w_z) + pre)
+        if prec is None:
+            return out
+        return self.bound * torch.tanh(out) - z @ prec
+
+    def forward(self, z: Tensor, x: Tensor | None = None) -> Tensor:
+        """Drift ``f(z, x)``. Shapes: ``z [..., L]``, ``x [..., E]`` -> ``[..., L]``."""
+        return self.forward_pre(z, self.features(x))
+
+
+class DiagonalDiffusion(nn.Module):
+    r"""Positive, bounded diagonal diffusion :math:`g_i(z_i) \in (g_{min}, g_{max})`.
+
+    Each latent dimension has its own small network of its own coordinate (as in Li et al.
+    2020), evaluated for all dimensions at once with batched elementwise ops. With
+    ``state_dependent=False`` the diffusion is a learned constant per dimension.
+
+    Shapes: ``z [..., L] -> [..., L]``.
+    """
+
+    def __init__(
+        self,
+        state_dim: int,
+        hidden_dim: int = 16,
+        *,
+        min_scale: float = 1e-3,
+        max_scale: float = 1.0,
+        init_scale: float | None = None,
+        state_dependent: bool = True,
+    ):
+        super().__init__()
+        if not 0 <= min_scale < max_scale:
+            raise BayesdynValueError(
+                f"need 0 <= min_scale < max_scale; got min_scale={min_scale}, max_scale={max_scale}"
+            )
+        self.min_scale = float(min_scale)
+        self.max_scale = float(max_scale)
+        self.state_dependent = state_dependent
+        init = 0.5 * (min_scale + max_scale) if init_scale is None else init_scale
+        if not min_scale < init < max_scale:
+            raise BayesdynValueError(
+                f"init_scale must lie in ({min_scale}, {max_scale}); got {init_scale}"
+            )
+        frac = (init - min_scale) / (max_scale - min_scale)
+        self.out_bias = nn.Parameter(torch.full((state_dim,), math.log(frac / (1 - frac))))
+        if state_dependent:
+            bound = 1.0 / math.sqrt(hidden_dim)
+            self.w1 = nn.Parameter(torch.empty(state_dim, hidden_dim).uniform_(-1, 1))
+            self.b1 = nn.Parameter(torch.empty(state_dim, hidden_dim).uniform_(-1, 1))
+            self.w2 = nn.Parameter(torch.empty(state_dim, hidden_dim).uniform_(-bound, bound))
+
+    def forward(self, z: Tensor) -> Tensor:
+        """Diffusion at ``z``. Shapes: ``[..., L] -> [..., L]``."""
+        if self.state_dependent:
+            h = F.softplus(z.unsqueeze(-1) * self.w1 + self.b1)
+            raw = (h * self.w2).sum(-1) + self.out_bias
+        else:
+            raw = self.out_bias.expand_as(z)
+        return self.min_scale + (self.max_scale - self.min_scale) * torch.sigmoid(raw)
+
+
+def _row_inputs(times: Tensor, values: Tensor, mask: Tensor) -> Tensor:
+    """Per-row encoder inputs ``[values * mask, mask, gap to the next row]``: ``[B, T, 2D+1]``."""
+    gaps = torch.zeros_like(times)
+    gaps[:, :-1] = times[:, 1:] - times[:, :-1]
+    m = mask.to(values.dtype)
+    return torch.cat([values * m, m, gaps.unsqueeze(-1)], dim=-1)
+
+
+class GRUEncoder(nn.Module):
+    """GRU over the observations in reverse time order, with their time gaps and masks.
+
+    The context at row ``i`` summarises rows ``i, i+1, ...`` of its series: the posterior drift
+    at time ``t`` reads the context of the next observation, so it sees what is coming (a
+    smoother). Padding rows are skipped: each series is reversed within its own length.
+
+    Shapes: ``times [B, T]``, ``values [B, T, D]``, ``mask [B, T, D]``, ``lengths [B]`` ->
+    context ``[B, T, C]``.
+    """
+
+    def __init__(self, obs_dim: int, hidden_dim: int, context_dim: int):
+        super().__init__()
+        self.gru = nn.GRU(2 * obs_dim + 1, hidden_dim, batch_first=True)
+        self.out = nn.Linear(hidden_dim, context_dim)
+        self.context_dim = context_dim
+
+    def forward(self, times: Tensor, values: Tensor, mask: Tensor, lengths: Tensor) -> Tensor:
+        """See class docstring."""
+        B, T = times.shape
+        j = torch.arange(T, device=times.device).expand(B, T)
+        # Reverse each series within its length; padding rows stay at the end. The map is its
+        # own inverse, so the same gather brings the outputs back to forward order.
+        rev = torch.where(j < lengths.unsqueeze(-1), lengths.unsqueeze(-1) - 1 - j, j)
+        x = _row_inputs(times, values, mask)
+        x_rev = torch.gather(x, 1, rev.unsqueeze(-1).expand_as(x))
+        h, _ = self.gru(x_rev)
+        h = torch.gather(h, 1, rev.unsqueeze(-1).expand_as(h))
+        return self.out(h)
+
+
+class FirstKEncoder(nn.Module):
+    """MLP over the first ``k`` observations of each series (Li et al. 2020's mocap context).
+
+    Series shorter than ``k`` are zero-padded with their mask saying so. The same context is
+    returned for every row.
+
+    Shapes: ``times [B, T]``, ``values [B, T, D]``, ``mask [B, T, D]``, ``lengths [B]`` ->
+    context ``[B, T, C]``.
+    """
+
+    def __init__(self, obs_dim: int, k: int, hidden_dim: int, context_dim: int):
+        super().__init__()
+        if k < 1:
+            raise BayesdynValueError(f"num_context_obs must be >= 1; got {k}")
+        self.k = k
+        self.net = MLP(k * (2 * obs_dim + 1), hidden_dim, context_dim, num_layers=1)
+        self.context_dim = context_dim
+
+    def forward(self, times: Tensor, values: Tensor, mask: Tensor, lengths: Tensor) -> Tensor:
+        """See class docstring."""
+        B, T = times.shape
+        k = min(self.k, T)
+        valid = (torch.arange(k, device=times.device) < lengths.unsqueeze(-1)).unsqueeze(-1)
+        m = mask[:, :k] & valid
+        rel = (times[:, :k] - times[:, :1]).unsqueeze(-1)
+        x = torch.cat([values[:, :k] * m, m.to(values.dtype), rel * valid], dim=-1)
+        if k < self.k:
+            x = F.pad(x, (0, 0, 0, self.k - k))
+        ctx = self.net(x.reshape(B, -1))
+        return ctx.unsqueeze(1).expand(B, T, self.context_dim)
+
+
+class GaussianDecoder(nn.Module):
+    """Gaussian observation model ``y ~ Normal(W z + c, s)`` with a learnable per-channel scale.
+
+    Args:
+        latent_dim: ``L``; obs_dim: ``D``; hidden_dim: 0 for a linear map, else an MLP width.
+        init_scale: initial observation scale; learn_scale: make it a parameter.
+        min_scale: floor on the scale.
+
+    Shapes: ``z [..., L]`` -> distribution with batch shape ``[..., D]``.
+    """
+
+    def __init__(
+        self,
+        latent_dim: int,
+        obs_dim: int,
+        hidden_dim: int = 0,
+        *,
+        init_scale: float = 0.1,
+        learn_scale: bool = True,
+        min_scale: float = 1e-4,
+    ):
+        super().__init__()
+        if not init_scale > min_scale:
+            raise BayesdynValueError(
+                f"init_scale must exceed min_scale={min_scale}; got {init_scale}"
+            )
+        self.net = (
+            nn.Linear(latent_dim, obs_dim)
+            if hidden_dim == 0
+            else MLP(latent_dim, hidden_dim, obs_dim, num_layers=1)
+        )
+        self.min_scale = float(min_scale)
+        raw = torch.full((obs_dim,), math.log(math.expm1(init_scale - min_scale)))
+        if learn_scale:
+            self.raw_scale = nn.Parameter(raw)
+        else:
+            self.register_buffer("raw_scale", raw)
+
+    def scale(self) -> Tensor:
+        """Observation scale per channel. Shapes: ``[D]``."""
+        return self.min_scale + F.softplus(self.raw_scale)
+
+    def forward(self, z: Tensor) -> dist.Distribution:
+        """Observation distribution at latent ``z``."""
+        loc = self.net(z)
+        return dist.Normal(loc, self.scale().expand_as(loc))
+
+
+class StudentTDecoder(GaussianDecoder):
+    """Student-t observation model with learnable degrees of freedom (``df > 2``), for outliers.
+
+    Shapes: ``z [..., L]`` -> distribution with batch shape ``[..., D]``.
+    """
+
+    def __init__(self, latent_dim: int, obs_dim: int, hidden_dim: int = 0, *, init_df=5.0, **kw):
+        super().__init__(latent_dim, obs_dim, hidden_dim, **kw)
+        if not init_df > 2:
+            raise BayesdynValueError(f"init_df must exceed 2; got {init_df}")
+        self.raw_df = nn.Parameter(torch.tensor(math.log(math.expm1(init_df - 2.0))))
+
+    def df(self) -> Tensor:
+        """Degrees of freedom (scalar)."""
+        return 2.0 + F.softplus(self.raw_df)
+
+    def forward(self, z: Tensor) -> dist.Distribution:
+        """Observation distribution at latent ``z``."""
+        loc = self.net(z)
+        return dist.StudentT(self.df().expand_as(loc), loc, self.scale().expand_as(loc))

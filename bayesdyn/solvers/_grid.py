@@ -1,0 +1,169 @@
+"""Union time grids for batches of irregular series, and the one layout conversion for torchsde.
+
+Every series in a batch is solved on one shared, strictly increasing grid ``U``: the sorted union
+of all observation times, any query times, and refinement points so that no step exceeds ``dt``
+(the Rubanova et al. 2019 union-of-times approach). Index maps send each observation back to
+its grid point.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from .._validation import BayesdynTypeError, BayesdynValueError
+
+__all__ = ["UnionGrid", "gather_on_grid", "make_union_grid", "torchsde_layout"]
+
+
+class UnionGrid(NamedTuple):
+    """A shared solver grid and the maps from observation and query times onto it.
+
+    Shapes:
+        - ``grid``: ``[U]``, strictly increasing.
+        - ``index``: ``[B, T]`` long; ``grid[index[b, t]] == times[b, t]``.
+        - ``query_index``: ``[Q]`` long (or ``[B, Q]``), or ``None`` when no query times were given.
+    """
+
+    grid: Tensor
+    index: Tensor
+    query_index: Tensor | None
+
+
+def _check_times(name: str, times: Tensor) -> None:
+    if not isinstance(times, Tensor):
+        raise BayesdynTypeError(f"{name} must be a torch.Tensor; got {type(times).__name__}")
+    if not times.is_floating_point():
+        raise BayesdynTypeError(f"{name} must be a floating-point tensor; got dtype {times.dtype}")
+    if times.requires_grad:
+        raise BayesdynValueError(
+            f"{name} must not require grad (gradients with respect to observation times are "
+            "not supported); call .detach() first"
+        )
+    if times.numel() and not bool(torch.isfinite(times).all()):
+        raise BayesdynValueError(f"{name} must be finite; got non-finite entries")
+
+
+def make_union_grid(
+    times: Tensor,
+    *,
+    query_times: Tensor | None = None,
+    dt: float | None = None,
+    t0: float | None = None,
+) -> UnionGrid:
+    """Build the sorted union grid of a batch's observation times and optional query times.
+
+    Args:
+        times: observation times of each series (padding may repeat a series' last time).
+        query_times: extra times at which the path is wanted (interpolation or forecast),
+            shared by all series (``[Q]``) or per series (``[B, Q]``).
+        dt: largest allowed step; gaps longer than ``dt`` are split into equal sub-steps.
+        t0: start of the grid (where the initial state lives); must not exceed the earliest
+            time. Defaults to the earliest observation or query time.
+
+    Returns:
+        :class:`UnionGrid` with ``grid [U]``, ``index [B, T]`` and ``query_index``.
+
+    Shapes:
+        - ``times``: ``[B, T]`` (a single series ``[T]`` is accepted and gives ``index [1, T]``).
+        - ``query_times``: ``[Q]`` or ``[B, Q]``.
+
+    Raises:
+        BayesdynValueError: if ``dt`` is not positive, ``t0`` lies after the first time, or
+            times are not finite.
+    """
+    _check_times("times", times)
+    if times.dim() == 1:
+        times = times.unsqueeze(0)
+    if times.dim() != 2:
+        raise BayesdynValueError(f"times must have shape [B, T]; got shape {tuple(times.shape)}")
+    pieces = [times.reshape(-1)]
+    if query_times is not None:
+        _check_times("query_times", query_times)
+        if query_times.dim() not in (1, 2):
+            raise BayesdynValueError(
+                f"query_times must have shape [Q] or [B, Q]; got shape {tuple(query_times.shape)}"
+            )
+        if query_times.dim() == 2 and query_times.shape[0] != times.shape[0]:
+            raise BayesdynValueError(
+                f"query_times has {query_times.shape[0]} rows, times has {times.shape[0]} series"
+            )
+        query_times = query_times.to(times.dtype)
+        pieces.append(query_times.reshape(-1))
+    knots = torch.unique(torch.cat(pieces))  # sorted, strictly increasing
+    if t0 is not None:
+        t0 = float(t0)
+        if t0 > float(knots[0]):
+            raise BayesdynValueError(
+                f"t0 must not exceed the earliest time {float(knots[0])}; got t0={t0}"
+            )
+        if t0 < float(knots[0]):
+            knots = torch.cat([knots.new_tensor([t0]), knots])
+    if dt is not None:
+        if not (isinstance(dt, (int, float)) and math.isfinite(dt) and dt > 0):
+            raise BayesdynValueError(f"dt must be a finite positive number; got {dt!r}")
+        knots = _refine(knots, float(dt))
+    index = torch.searchsorted(knots, times.contiguous())
+    qindex = None
+    if query_times is not None:
+        qindex = torch.searchsorted(knots, query_times.contiguous())
+    return UnionGrid(knots, index, qindex)
+
+
+def _refine(knots: Tensor, dt: float) -> Tensor:
+    """Insert equally spaced points into every gap longer than ``dt`` (vectorised)."""
+    if knots.numel() < 2:
+        return knots
+    gaps = knots[1:] - knots[:-1]
+    # Number of sub-steps per gap; the 1e-9 slack keeps a gap of exactly k*dt at k steps.
+    nsub = torch.ceil(gaps / dt - 1e-9).clamp(min=1).long()
+    if bool((nsub == 1).all()):
+        return knots
+    starts = torch.repeat_interleave(knots[:-1], nsub)
+    steps = torch.repeat_interleave(gaps / nsub, nsub)
+    # position of each new point inside its gap: 0, 1, ..., nsub-1
+    offsets = torch.arange(int(nsub.sum()), device=knots.device) - torch.repeat_interleave(
+        torch.cumsum(nsub, 0) - nsub, nsub
+    )
+    inner = starts + offsets.to(knots.dtype) * steps
+    return torch.cat([inner, knots[-1:]])
+
+
+def gather_on_grid(path: Tensor, index: Tensor) -> Tensor:
+    """Read a path at the grid points named by ``index``.
+
+    Args:
+        path: values on the grid.
+        index: grid positions for each series.
+
+    Returns:
+        The path at those positions.
+
+    Shapes:
+        - ``path``: ``[..., B, U, L]``
+        - ``index``: ``[B, T]``
+        - returns ``[..., B, T, L]``
+    """
+    idx = index.unsqueeze(-1).expand(*path.shape[:-3], *index.shape, path.shape[-1])
+    return torch.gather(path, -2, idx)
+
+
+def torchsde_layout(x: Tensor, *, inverse: bool = False) -> Tensor:
+    """The one conversion between bayesdyn's layout and torchsde's time-major layout.
+
+    bayesdyn keeps time at dim -2 (``[..., U, L]``); torchsde wants time first (``[U, ..., L]``).
+
+    Args:
+        x: a path in bayesdyn layout, or in torchsde layout when ``inverse=True``.
+        inverse: convert from torchsde's layout back to bayesdyn's.
+
+    Shapes:
+        - ``inverse=False``: ``[..., U, L] -> [U, ..., L]``
+        - ``inverse=True``: ``[U, ..., L] -> [..., U, L]``
+    """
+    if x.dim() < 2:
+        raise BayesdynValueError(f"x must have at least 2 dims [U, L]; got shape {tuple(x.shape)}")
+    return x.movedim(0, -2) if inverse else x.movedim(-2, 0)
