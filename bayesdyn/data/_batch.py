@@ -130,7 +130,7 @@ def _as_tensor(name: str, x: Any) -> Tensor:
             ) from err
         if arr.dtype.kind not in "biuf":
             raise BayesdynTypeError(f"{name} must be numeric; got numpy dtype {arr.dtype}")
-        return torch.as_tensor(arr)
+        return torch.from_numpy(np.array(arr, copy=True))
     raise BayesdynTypeError(f"{name} must be a torch.Tensor or numpy array; got {type(x).__name__}")
 
 

@@ -148,7 +148,7 @@ class Scaler:
             if not x.dtype.is_floating_point:
                 raise BayesdynTypeError(f"{name} must be a floating tensor; got {x.dtype}")
             kw = {"dtype": x.dtype, "device": x.device}
-            return x, torch.as_tensor(self.mean, **kw), torch.as_tensor(self.std, **kw)
+            return x, torch.tensor(self.mean.tolist(), **kw), torch.tensor(self.std.tolist(), **kw)
         raise BayesdynTypeError(
             f"{name} must be a numpy array or torch tensor; got {type(x).__name__}"
         )
