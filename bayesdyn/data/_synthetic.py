@@ -409,20 +409,25 @@ def simulate_lorenz(
     flat_b, flat_n = np.divmod(order, N)
     latent = np.empty((B, N, 3))
     steps = np.diff(grid)
-    for u in range(1, grid.size):
-        h = steps[u - 1]
-        x, y, z = state[:, 0], state[:, 1], state[:, 2]
-        drift = np.stack([sigma * (y - x), x * (rho - z) - y, x * y - beta * z], axis=-1)
-        dW = np.sqrt(h) * rng.standard_normal((B, 3))
-        state = state + drift * h + a * state * dW
-        lo, hi = bounds[u], bounds[u + 1]
-        if hi > lo:
+    finite = True
+    # Overflow is detected below and reported with a hint, so numpy's warning is redundant.
+    with np.errstate(over="ignore", invalid="ignore"):
+        for u in range(1, grid.size):
+            h = steps[u - 1]
+            x, y, z = state[:, 0], state[:, 1], state[:, 2]
+            drift = np.stack([sigma * (y - x), x * (rho - z) - y, x * y - beta * z], axis=-1)
+            dW = np.sqrt(h) * rng.standard_normal((B, 3))
+            state = state + drift * h + a * state * dW
             if not np.isfinite(state).all():
+                finite = False
                 break
-            latent[flat_b[lo:hi], flat_n[lo:hi]] = state[flat_b[lo:hi]]
-    if not np.isfinite(state).all() or not np.isfinite(latent).all():
+            lo, hi = bounds[u], bounds[u + 1]
+            if hi > lo:
+                latent[flat_b[lo:hi], flat_n[lo:hi]] = state[flat_b[lo:hi]]
+    if not finite:
         raise BayesdynValueError(
-            f"simulate_lorenz produced non-finite states with dt={dt}; try a smaller dt"
+            f"simulate_lorenz produced non-finite states at t={grid[u]:g} with dt={dt}; "
+            "try a smaller dt"
         )
     truth = {
         "sigma": sigma,
