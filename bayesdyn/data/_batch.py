@@ -234,6 +234,7 @@ def ensure_batch(
         mask_t = torch.ones(B, T, D, dtype=torch.bool, device=times.device)
     else:
         mask_t = _as_tensor("mask", mask).to(times.device)
+        mask_shape = tuple(mask_t.shape)
         if mask_t.dtype != torch.bool:
             if mask_t.dtype.is_floating_point or mask_t.dtype.is_complex:
                 raise BayesdynTypeError(f"mask must be a bool tensor; got dtype {mask_t.dtype}")
@@ -249,7 +250,7 @@ def ensure_batch(
             mask_t = mask_t.unsqueeze(-1)
         if mask_t.dim() != 3 or tuple(mask_t.shape[:2]) != (B, T) or mask_t.shape[-1] not in (1, D):
             raise BayesdynValueError(
-                f"mask must have shape [B, T] or [B, T, D] = {(B, T, D)}; got {tuple(mask.shape)}"
+                f"mask must have shape [B, T] or [B, T, D] = {(B, T, D)}; got {mask_shape}"
             )
         mask_t = mask_t.expand(B, T, D).clone()
 
@@ -276,12 +277,12 @@ def ensure_batch(
     cov_t = None
     if covariates is not None:
         cov_t = _check_float("covariates", _as_tensor("covariates", covariates)).to(times.device)
+        cov_shape = tuple(cov_t.shape)
         if single:
             cov_t = cov_t.unsqueeze(0)
         if cov_t.dim() != 3 or tuple(cov_t.shape[:2]) != (B, T):
             raise BayesdynValueError(
-                f"covariates must have shape [B, T, K] with [B, T] = {(B, T)}; "
-                f"got {tuple(covariates.shape)}"
+                f"covariates must have shape [B, T, K] with [B, T] = {(B, T)}; got {cov_shape}"
             )
 
     if is_validation_enabled():

@@ -104,6 +104,12 @@ class Scaler:
     def transform(self, series: IrregularTimeSeries) -> IrregularTimeSeries:
         """Scale the observed values of ``series`` (unobserved stay 0; covariates untouched).
 
+        Args:
+            series: data with ``D`` channels.
+
+        Returns:
+            A new :class:`IrregularTimeSeries` with the same times, masks, ids and channels.
+
         Shapes:
             Unchanged per series ``[T_i, D]``.
         """
@@ -116,6 +122,12 @@ class Scaler:
 
     def inverse_transform(self, series: IrregularTimeSeries) -> IrregularTimeSeries:
         """Undo :meth:`transform` on a collection.
+
+        Args:
+            series: scaled data with ``D`` channels.
+
+        Returns:
+            A new :class:`IrregularTimeSeries` in the original units.
 
         Shapes:
             Unchanged per series ``[T_i, D]``.
@@ -156,6 +168,12 @@ class Scaler:
     def transform_values(self, x: _Array) -> _Array:
         """Scale raw values: ``(x - mean) / std`` (numpy array or torch tensor).
 
+        Args:
+            x: values in the original units.
+
+        Returns:
+            Scaled values of the same type, dtype and device.
+
         Shapes:
             ``[..., D]`` -> ``[..., D]``.
         """
@@ -168,6 +186,12 @@ class Scaler:
         Works on numpy arrays and torch tensors (keeping dtype, device and any autograd graph
         of the input).
 
+        Args:
+            x: scaled values, e.g. posterior predictive samples.
+
+        Returns:
+            Values in the original units, of the same type, dtype and device.
+
         Shapes:
             ``[..., D]`` -> ``[..., D]``, e.g. samples ``[S, B, T, D]``.
         """
@@ -176,6 +200,12 @@ class Scaler:
 
     def inverse_std(self, s: _Array) -> _Array:
         """Map a scaled standard deviation (or scale) back: ``s * std``.
+
+        Args:
+            s: standard deviations on the scaled axis.
+
+        Returns:
+            Standard deviations in the original units, of the same type.
 
         Shapes:
             ``[..., D]`` -> ``[..., D]``.
@@ -194,6 +224,12 @@ class Scaler:
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> Scaler:
         """Rebuild a scaler from :meth:`state_dict` output.
+
+        Args:
+            state: a dict with keys ``"mean"`` and ``"std"``.
+
+        Returns:
+            A :class:`Scaler`.
 
         Shapes:
             ``{"mean": [D], "std": [D]}``.

@@ -568,6 +568,17 @@ class IrregularTimeSeries:
     def __getitem__(self, index: _Index) -> IrregularTimeSeries:
         """Subset of series by int, slice, list of ints or bool array (always a collection).
 
+        Args:
+            index: an int (a one-series collection), a slice, a sequence or array of ints, or
+                a bool array of length ``B``.
+
+        Returns:
+            A new :class:`IrregularTimeSeries` (channels need not all be observed in it).
+
+        Raises:
+            IndexError: for an out-of-range integer.
+            BayesdynValueError: for an empty selection or a bool index of the wrong length.
+
         Shapes:
             Returns ``B'`` series.
         """

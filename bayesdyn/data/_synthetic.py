@@ -192,10 +192,16 @@ def simulate_ou(
     return _package(times, latent, rng, obs_noise, missing_prob, [f"x{d}" for d in range(D)], truth)
 
 
-def double_ou_matrices(
+def _double_ou_matrices(
     theta_fast: float, theta_slow: float, sigma_fast: float, sigma_slow: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """Drift matrix ``A`` and diffusion ``L`` of the centred double OU ``dY = A Y dt + L dW``.
+
+    Args:
+        theta_fast: reversion rate of ``x`` towards ``m``.
+        theta_slow: reversion rate of ``m`` towards ``mu``.
+        sigma_fast: diffusion scale of ``x``.
+        sigma_slow: diffusion scale of ``m``.
 
     Shapes:
         ``A [2, 2]``, ``L [2, 2]``.
@@ -305,7 +311,7 @@ def simulate_double_ou(
     sigma_slow = check_positive("sigma_slow", sigma_slow)
     mu = float(mu)
     rng = np.random.default_rng(seed)
-    A, L = double_ou_matrices(theta_fast, theta_slow, sigma_fast, sigma_slow)
+    A, L = _double_ou_matrices(theta_fast, theta_slow, sigma_fast, sigma_slow)
     LLt = L @ L.T
     P = _stationary_cov(A, LLt)
     if x0 is None:

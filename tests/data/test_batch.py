@@ -127,3 +127,10 @@ def test_to_casts_float_fields_only():
     assert b.to(device="cpu").times.device.type == "cpu"
     with pytest.raises(BayesdynTypeError, match="dtype must be a floating-point"):
         b.to(dtype=torch.int32)
+
+
+def test_shape_messages_for_list_input():
+    with pytest.raises(BayesdynValueError, match=r"= \(1, 2, 1\); got \(1, 3\)"):
+        ensure_batch([0.0, 1.0], [[1.0], [2.0]], [[True, True, True]])
+    with pytest.raises(BayesdynValueError, match=r"with \[B, T\] = \(1, 2\); got \(1, 1\)"):
+        ensure_batch([0.0, 1.0], [[1.0], [2.0]], covariates=[[1.0]])
