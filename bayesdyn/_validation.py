@@ -75,7 +75,9 @@ def _describe(value: Any) -> str:
     return f"{type(value).__name__} {value!r}"
 
 
-def check_type(name: str, value: Any, types: type | tuple[type, ...], what: str | None = None) -> None:
+def check_type(
+    name: str, value: Any, types: type | tuple[type, ...], what: str | None = None
+) -> None:
     """Raise :class:`BayesdynTypeError` unless ``isinstance(value, types)``."""
     if not isinstance(value, types):
         if what is None:
