@@ -16,7 +16,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .._validation import BayesdynTypeError, BayesdynValueError, FitDiverged, check_positive
+from .._validation import (
+    BayesdynTypeError,
+    BayesdynValueError,
+    FitDiverged,
+    SolverDiverged,
+    check_positive,
+)
 from .elbo import PathELBO
 
 __all__ = ["FitResult", "fit", "load_checkpoint", "save_checkpoint"]
@@ -282,7 +288,16 @@ def fit(
             else:
                 mb, n_obs = batch, n_obs_full
             optim.zero_grad(set_to_none=True)
-            loss = elbo.differentiable_loss(model.model, model.guide, mb, kl_scale=kl_scale) / n_obs
+            try:
+                loss = (
+                    elbo.differentiable_loss(model.model, model.guide, mb, kl_scale=kl_scale)
+                    / n_obs
+                )
+            except SolverDiverged as e:
+                raise FitDiverged(
+                    f"the SDE solve diverged at step {step}; rolled back to the last good "
+                    f"parameters. {e}"
+                ) from e
             loss_val = loss.detach().item()
             if not math.isfinite(loss_val):
                 raise FitDiverged(

@@ -1,0 +1,104 @@
+import pytest
+import torch
+
+from bayesdyn import LatentSDE, fit
+from bayesdyn._validation import BayesdynTypeError, BayesdynValueError, FitDiverged
+from bayesdyn.inference import load_checkpoint, save_checkpoint
+from tests.common import lattice_ou
+
+
+def small():
+    torch.manual_seed(0)
+    return LatentSDE(1, latent_dim=2, hidden_dim=8, context_dim=3, dt=0.25, diffusion_hidden_dim=4)
+
+
+@pytest.fixture
+def data():
+    return lattice_ou(num_series=12, num_obs=6, t1=2.0, spacing=0.25, seed=3)[0]
+
+
+def params(m):
+    return {k: v.detach().clone() for k, v in m.state_dict().items()}
+
+
+def test_fit_decreases_loss_and_records_history(data):
+    m = small()
+    r = fit(m, data, num_steps=40, lr=2e-2, kl_anneal_steps=10, progress=False)
+    assert r.num_steps == 40 and len(r.history) == 40
+    first = sum(h["loss"] for h in r.history[:5]) / 5
+    last = sum(h["loss"] for h in r.history[-5:]) / 5
+    assert last < first
+    assert r.history[0]["kl_scale"] == pytest.approx(0.01)
+    assert r.history[-1]["kl_scale"] == 1.0
+    assert "trained 40 steps" in r.summary()
+
+
+def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, data):
+    kw = dict(lr=1e-2, kl_anneal_steps=6, batch_size=5, seed=7, progress=False, checkpoint_every=4)
+    full = small()
+    fit(full, data, num_steps=12, checkpoint_dir=tmp_path / "a", **kw)
+    part = small()
+    fit(part, data, num_steps=8, checkpoint_dir=tmp_path / "b", **kw)  # "killed" at step 8
+    resumed = small()
+    r = fit(resumed, data, num_steps=12, checkpoint_dir=tmp_path / "b", resume=True, **kw)
+    assert r.num_steps == 12 and len(r.history) == 12
+    for k, v in params(full).items():
+        assert torch.allclose(v, resumed.state_dict()[k], atol=1e-10), k
+
+
+def test_early_stopping_restores_best_parameters(data):
+    train, val = data[:8], data[8:]
+    m = small()
+    r = fit(m, train, num_steps=60, lr=5e-2, val_data=val, val_every=5, patience=2, progress=False)
+    assert r.best_val_loss is not None
+    vals = [h["val_loss"] for h in r.history if "val_loss" in h]
+    assert r.best_val_loss == min(vals)
+    assert r.stopped_early == (r.num_steps < 60)
+
+
+def test_divergence_stops_with_clear_error_and_keeps_last_good(tmp_path, data):
+    m = small()
+    fit(m, data, num_steps=4, checkpoint_dir=tmp_path, checkpoint_every=2, progress=False)
+    good = params(m)
+    ck_before = load_checkpoint(tmp_path / "checkpoint.pt")["step"]
+
+    # injected fault: a drift that explodes
+    with torch.no_grad():
+        m.post_drift.rest[-1].bias.fill_(1e200)
+    poisoned = params(m)
+    with pytest.raises(FitDiverged, match="rolled back to the last good parameters"):
+        fit(m, data, num_steps=4, checkpoint_dir=tmp_path, checkpoint_every=1, progress=False)
+    # rolled back to the state before the failing step, and the checkpoint is intact
+    for k, v in poisoned.items():
+        assert torch.equal(m.state_dict()[k], v)
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == ck_before
+    assert not torch.equal(good["post_drift.rest.3.bias"], poisoned["post_drift.rest.3.bias"])
+
+
+@pytest.mark.parametrize(
+    "kw, err, match",
+    [
+        (dict(lr=0.0), BayesdynValueError, "lr must be a finite positive number; got 0.0"),
+        (dict(num_steps=-1), BayesdynValueError, "num_steps must be >= 0; got -1"),
+        (dict(kl_min=0.0), BayesdynValueError, r"kl_min must lie in \(0, 1\]; got 0.0"),
+        (dict(resume=True), BayesdynValueError, "resume=True needs checkpoint_dir"),
+        (dict(batch_size=0), BayesdynValueError, "batch_size must be a positive integer"),
+    ],
+)
+def test_fit_bad_arguments(data, kw, err, match):
+    with pytest.raises(err, match=match):
+        fit(small(), data, progress=False, **kw)
+
+
+def test_fit_rejects_wrong_data_type():
+    with pytest.raises(BayesdynTypeError, match="data must be an IrregularTimeSeries or"):
+        fit(small(), [1, 2, 3], progress=False)
+
+
+def test_checkpoint_is_atomic_and_weights_only(tmp_path):
+    save_checkpoint(tmp_path / "c.pt", {"step": 3, "x": torch.ones(2)})
+    assert not (tmp_path / "c.pt.tmp").exists()
+    assert load_checkpoint(tmp_path / "c.pt")["step"] == 3
+    (tmp_path / "c.pt").write_bytes((tmp_path / "c.pt").read_bytes()[:50])  # truncated
+    with pytest.raises(BayesdynValueError, match="could not be loaded safely"):
+        load_checkpoint(tmp_path / "c.pt")
