@@ -96,12 +96,15 @@ def make_union_grid(
     knots = torch.unique(torch.cat(pieces))  # sorted, strictly increasing
     if t0 is not None:
         t0 = float(t0)
-        if t0 > float(knots[0]):
+        # Compare in the grid's dtype: a float64 t0 equal to a float32 time must not add a
+        # duplicate knot (0.4 < float32(0.4) in float64).
+        t0_k = knots.new_tensor([t0])
+        if bool(t0_k > knots[0]):
             raise BayesdynValueError(
                 f"t0 must not exceed the earliest time {float(knots[0])}; got t0={t0}"
             )
-        if t0 < float(knots[0]):
-            knots = torch.cat([knots.new_tensor([t0]), knots])
+        if bool(t0_k < knots[0]):
+            knots = torch.cat([t0_k, knots])
     if dt is not None:
         if not (isinstance(dt, (int, float)) and math.isfinite(dt) and dt > 0):
             raise BayesdynValueError(f"dt must be a finite positive number; got {dt!r}")
