@@ -39,6 +39,7 @@ from .nets import (
     GaussianDecoder,
     GRUEncoder,
     StudentTDecoder,
+    fused_euler_path,
 )
 from .sde_path import SDEPath
 
@@ -83,6 +84,8 @@ class LatentSDEConfig:
         diffusion_state_dependent: ``False`` for a constant diffusion per dimension.
         covariate_dim: exogenous inputs ``u(t)`` fed to both drifts (``batch.covariates``).
         time_input: feed ``t`` to both drifts.
+        next_obs_features: the posterior drift also reads the next observation's values,
+            mask and the time left until it (besides the encoder context).
         num_layers: hidden layers of the drift networks.
         activation: activation of the drift networks.
         dt: largest solver step.
@@ -107,6 +110,7 @@ class LatentSDEConfig:
     diffusion_state_dependent: bool = True
     covariate_dim: int = 0
     time_input: bool = False
+    next_obs_features: bool = True
     num_layers: int = 2
     activation: str = "softplus"
     dt: float = 0.05
@@ -196,15 +200,38 @@ class _BoundSDE(AbstractSDE):
             f = torch.where(self._active_steps[k], f, f_p)
         return f, g
 
+    def sample_path(self, z0: Tensor, grid: Tensor, noise: Tensor) -> tuple | None:
+        """Fused Euler–Maruyama ``(path, drift, diffusion)`` while training, or None.
+
+        The same scheme as stepping with :meth:`step`, in one autograd node with a
+        hand-written backward (see :func:`~bayesdyn.models.nets.fused_euler_path`). Returns None
+        (callers fall back to the generic loop) without gradients, when the posterior drift
+        switches to the prior's inside the grid, or for unsupported networks.
+
+        Shapes: ``z0 [..., L]``, ``grid [U]``, ``noise [..., U-1, L]``.
+        """
+        if not torch.is_grad_enabled() or grid.shape != self.grid.shape:
+            return None
+        if self._prior is not None and not all(self._all_active[:-1]):
+            return None
+        return fused_euler_path(self._drift, self._diffusion, z0, self.pre, grid, noise)
+
     def on_path(self, ts: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+        return self.drift_on_path(ts, z), self._diffusion(z)
+
+    def drift_on_path(self, ts: Tensor, z: Tensor) -> Tensor:
+        """Drift alone at all left end points. Shapes: ``z [..., U-1, L]`` -> same."""
         f = self._drift.forward_pre(z, self._pre_on_path(), self._weights)
-        g = self._diffusion(z)
         if self._prior is not None and not all(self._all_active[:-1]):
             f_p = self._prior._drift.forward_pre(
                 z, self._prior._pre_on_path(), self._prior._weights
             )
             f = torch.where(self.active[..., :-1].unsqueeze(-1), f, f_p)
-        return f, g
+        return f
+
+    def shares_diffusion_with(self, other: AbstractSDE) -> bool:
+        """True if ``other`` uses the very same diffusion network (so ``g`` agrees exactly)."""
+        return isinstance(other, _BoundSDE) and other._diffusion is self._diffusion
 
     def drift_and_diffusion(self, t: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
         # Arbitrary times (torchsde adapter): use the features of the grid interval holding t.
@@ -256,7 +283,8 @@ class LatentSDE(PyroModule):
         self.z0_prior = _Z0Prior(L)
         kw = dict(num_layers=c.num_layers, activation=c.activation)
         self.prior_drift = DriftNet(L, H, extra, stable=c.stable_drift, **kw)
-        self.post_drift = DriftNet(L, H, extra + C, **kw)
+        nxt = 2 * c.obs_dim + 1 if c.next_obs_features else 0
+        self.post_drift = DriftNet(L, H, extra + C + nxt, **kw)
         self.diffusion = DiagonalDiffusion(
             L,
             c.diffusion_hidden_dim,
@@ -281,10 +309,10 @@ class LatentSDE(PyroModule):
     def check_batch(self, batch) -> None:
         """Check that ``batch`` fits this model (types, channels, covariates)."""
         for attr in ("times", "values", "mask", "lengths"):
-            if not hasattr(batch, attr):
+            if not isinstance(getattr(batch, attr, None), Tensor):
                 raise BayesdynTypeError(
-                    "batch must be an IrregularBatch (IrregularTimeSeries.to_batch()); "
-                    f"got {type(batch).__name__} without .{attr}"
+                    "batch must be an IrregularBatch (call IrregularTimeSeries.to_batch()); "
+                    f"got {type(batch).__name__} whose .{attr} is not a tensor"
                 )
         D = batch.values.shape[-1]
         if D != self.config.obs_dim:
@@ -325,13 +353,26 @@ class LatentSDE(PyroModule):
         return torch.cat(parts, -1) if parts else None
 
     def _context_on_grid(self, batch, grid: Tensor, context: Tensor) -> Tensor:
-        """Context of the next observation at each grid point: ``[B, T, C] -> [B, U, C]``."""
+        """What the posterior drift reads about the data at each grid point.
+
+        The context of the next observation and, with ``next_obs_features``, that
+        observation's masked values, its mask and the time left until it (a bridge needs
+        exactly these). Shapes: ``context [B, T, C] -> [B, U, C (+ 2D + 1)]``.
+        """
         B = batch.times.shape[0]
         nxt = torch.searchsorted(
             batch.times.contiguous(), grid.expand(B, -1).contiguous(), right=True
         )
         nxt = torch.minimum(nxt, (batch.lengths - 1).unsqueeze(-1))
-        return torch.gather(context, 1, nxt.unsqueeze(-1).expand(-1, -1, context.shape[-1]))
+        ctx = torch.gather(context, 1, nxt.unsqueeze(-1).expand(-1, -1, context.shape[-1]))
+        if not self.config.next_obs_features:
+            return ctx
+        D = batch.values.shape[-1]
+        idx = nxt.unsqueeze(-1).expand(-1, -1, D)
+        m = torch.gather(batch.mask, 1, idx).to(ctx.dtype)
+        y = torch.gather(batch.values, 1, idx) * m
+        tau = (torch.gather(batch.times, 1, nxt) - grid).clamp(min=0).unsqueeze(-1)
+        return torch.cat([ctx, y, m, tau.to(ctx.dtype)], -1)
 
     def prior_sde(self, batch, grid: Tensor) -> AbstractSDE:
         """The prior SDE bound to ``grid`` (features of time/covariates precomputed)."""
