@@ -141,7 +141,9 @@ class DriftNet(nn.Module):
         Shapes: ``z [..., L]``, ``pre`` broadcastable to ``[..., H]`` -> ``[..., L]``.
         """
         w_z, prec = self.bind() if bound is None else bound
-        out = self.rest(F.linear(z, w_z) + pre)
+        # A per-unit ``pre`` (no grid inputs) is just a bias: fold it into the matmul.
+        first = F.linear(z, w_z, pre) if pre.dim() == 1 else F.linear(z, w_z) + pre
+        out = self.rest(first)
         if prec is None:
             return out
         return self.bound * torch.tanh(out) - z @ prec
@@ -195,11 +197,47 @@ class DiagonalDiffusion(nn.Module):
     def forward(self, z: Tensor) -> Tensor:
         """Diffusion at ``z``. Shapes: ``[..., L] -> [..., L]``."""
         if self.state_dependent:
-            h = F.softplus(z.unsqueeze(-1) * self.w1 + self.b1)
-            raw = (h * self.w2).sum(-1) + self.out_bias
-        else:
-            raw = self.out_bias.expand_as(z)
+            return _DiagonalDiffusionFn.apply(
+                z, self.w1, self.b1, self.w2, self.out_bias, self.min_scale, self.max_scale
+            )
+        raw = self.out_bias.expand_as(z)
         return self.min_scale + (self.max_scale - self.min_scale) * torch.sigmoid(raw)
+
+
+class _DiagonalDiffusionFn(torch.autograd.Function):
+    r"""Fused :class:`DiagonalDiffusion` with a hand-written backward.
+
+    ``g = lo + (hi - lo) * sigmoid(sum_h w2 * softplus(z * w1 + b1) + out_bias)`` per latent
+    dimension. Autograd would keep two or three ``[..., L, H]`` activations per solver step;
+    this keeps only the softplus output and recomputes the cheap pre-activation in the
+    backward pass, which also needs fewer elementwise passes than the generic graph.
+    """
+
+    @staticmethod
+    def forward(ctx, z, w1, b1, w2, out_bias, lo, hi):
+        L = z.shape[-1]
+        z2 = z.reshape(-1, 1, L).transpose(1, 2)  # [N, L, 1]
+        h = F.softplus(torch.addcmul(b1, z2, w1))  # [N, L, H]
+        raw = (h * w2).sum(-1).add_(out_bias)  # [N, L]
+        g = torch.sigmoid(raw).mul_(hi - lo).add_(lo).view(z.shape)
+        ctx.save_for_backward(z2, w1, b1, w2, h, g)
+        ctx.bounds = (lo, hi)
+        return g
+
+    @staticmethod
+    def backward(ctx, grad_g):
+        z2, w1, b1, w2, h, g = ctx.saved_tensors
+        lo, hi = ctx.bounds
+        N, L, _ = z2.shape
+        s_out = (g.reshape(N, L) - lo) / (hi - lo)
+        graw = (grad_g.reshape(N, L) * (hi - lo) * s_out * (1.0 - s_out)).unsqueeze(-1)
+        grad_w2 = (h * graw).sum(0)
+        ga = torch.addcmul(b1, z2, w1).sigmoid_().mul_(w2).mul_(graw)  # d loss / d pre-act
+        grad_b1 = ga.sum(0)
+        grad_w1 = (ga * z2).sum(0)
+        grad_z = (ga * w1).sum(-1)
+        out_bias_grad = graw.sum((0, 2))
+        return grad_z.view(grad_g.shape), grad_w1, grad_b1, grad_w2, out_bias_grad, None, None
 
 
 def _row_inputs(times: Tensor, values: Tensor, mask: Tensor) -> Tensor:
@@ -341,3 +379,160 @@ class StudentTDecoder(GaussianDecoder):
         """Observation distribution at latent ``z``."""
         loc = self.net(z)
         return dist.StudentT(self.df().expand_as(loc), loc, self.scale().expand_as(loc))
+
+
+def _softplus_mlp_layers(drift: DriftNet) -> list[nn.Linear] | None:
+    """The Linear layers after ``first`` if ``drift`` is a plain softplus MLP, else None."""
+    if drift.stable:
+        return None
+    linears = []
+    for m in drift.rest:
+        if isinstance(m, nn.Linear):
+            linears.append(m)
+        elif not (isinstance(m, nn.Softplus) and m.beta == 1 and m.threshold == 20):
+            return None
+    return linears
+
+
+def fused_euler_path(
+    drift: DriftNet, diffusion: DiagonalDiffusion, z0: Tensor, pre: Tensor, grid: Tensor, noise
+) -> tuple[Tensor, Tensor, Tensor] | None:
+    """Euler–Maruyama for a softplus :class:`DriftNet` and :class:`DiagonalDiffusion` in one
+    autograd node with a hand-written backward pass (backprop through the steps by hand).
+
+    Same scheme and the same numbers as :func:`bayesdyn.solvers.euler_maruyama` with
+    ``f = drift.forward_pre(z, pre[..., k, :])`` and ``g = diffusion(z)``; it only removes the
+    per-step autograd bookkeeping and stores fewer activations. Returns None where it does not
+    apply (other activations, ``stable`` drift, constant diffusion), so callers fall back.
+
+    Shapes: ``z0 [..., L]``, ``pre [H]`` or broadcastable ``[..., U, H]``, ``grid [U]``,
+    ``noise [..., U-1, L]`` -> ``path [..., U, L]``, ``drift``/``diffusion [..., U-1, L]``.
+    """
+    layers = _softplus_mlp_layers(drift)
+    if layers is None or not diffusion.state_dependent:
+        return None
+    dts = (grid[1:] - grid[:-1]).to(z0.dtype)
+    scaled = noise * dts.sqrt().unsqueeze(-1)
+    params = [drift.first.weight[:, : drift.state_dim]]
+    for lin in layers:
+        params += [lin.weight, lin.bias]
+    params += [diffusion.w1, diffusion.b1, diffusion.w2, diffusion.out_bias]
+    meta = (dts.tolist(), diffusion.min_scale, diffusion.max_scale, len(layers))
+    return _FusedEulerFn.apply(meta, z0, scaled, pre, *params)
+
+
+class _FusedEulerFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, meta, z0, scaled, pre, w_z, *params):
+        dt_list, lo, hi, n_lin = meta
+        lin = [(params[2 * i], params[2 * i + 1]) for i in range(n_lin)]
+        w1, b1, w2, out_bias = params[2 * n_lin :]
+        zb, L = z0.shape[:-1], z0.shape[-1]
+        num_steps = len(dt_list)
+        N = zb.numel()
+        H = w_z.shape[0]
+        z = z0.reshape(N, L)
+        noise_steps = scaled.expand(zb + scaled.shape[-2:]).reshape(N, num_steps, L).unbind(1)
+        per_step_pre = pre.dim() >= 2
+        if per_step_pre:
+            pre_t = pre.movedim(-2, 0)  # [U, ..., H]
+        else:
+            pre_2d = pre.expand(N, H)
+        states, drifts, diffs, acts = [z], [], [], []
+        span = hi - lo
+        for k in range(num_steps):
+            pk = pre_t[k].expand(zb + (H,)).reshape(N, H) if per_step_pre else pre_2d
+            a = torch.addmm(pk, z, w_z.t())
+            h = F.softplus(a)
+            layer_acts = [(a, h)]
+            for w, b in lin[:-1]:
+                a = torch.addmm(b, h, w.t())
+                h = F.softplus(a)
+                layer_acts.append((a, h))
+            w_out, b_out = lin[-1]
+            f = torch.addmm(b_out, h, w_out.t())
+            hd = F.softplus(torch.addcmul(b1, z.unsqueeze(-1), w1))  # [N, L, Hd], not kept
+            g = torch.sigmoid((hd * w2).sum(-1).add_(out_bias)).mul_(span).add_(lo)
+            z = torch.addcmul(torch.add(z, f, alpha=dt_list[k]), g, noise_steps[k])
+            states.append(z)
+            drifts.append(f)
+            diffs.append(g)
+            acts.append(layer_acts)
+        path = torch.stack(states, 1).view(zb + (num_steps + 1, L))
+        drift = torch.stack(drifts, 1).view(zb + (num_steps, L)) if num_steps else None
+        diff = torch.stack(diffs, 1).view(zb + (num_steps, L)) if num_steps else None
+        if not num_steps:
+            drift = diff = z0.new_zeros(zb + (0, L))
+        ctx.meta = meta
+        ctx.pre_shape = pre.shape
+        ctx.cache = (states, diffs, acts, noise_steps)
+        ctx.save_for_backward(w_z, *params)
+        return path, drift, diff
+
+    @staticmethod
+    def backward(ctx, grad_path, grad_drift, grad_diff):
+        dt_list, lo, hi, n_lin = ctx.meta
+        w_z, *params = ctx.saved_tensors
+        lin = [(params[2 * i], params[2 * i + 1]) for i in range(n_lin)]
+        w1, b1, w2, out_bias = params[2 * n_lin :]
+        states, diffs, acts, noise_steps = ctx.cache
+        ctx.cache = None
+        num_steps = len(dt_list)
+        N, L = states[0].shape
+        H = w_z.shape[0]
+        zb = grad_path.shape[:-2]
+        span = hi - lo
+        gp = grad_path.reshape(N, num_steps + 1, L)
+        gd = grad_drift.reshape(N, num_steps, L)
+        gg_all = grad_diff.reshape(N, num_steps, L)
+        g_wz = torch.zeros_like(w_z)
+        g_lin = [(torch.zeros_like(w), torch.zeros_like(b)) for w, b in lin]
+        g_w1, g_b1, g_w2 = torch.zeros_like(w1), torch.zeros_like(b1), torch.zeros_like(w2)
+        g_ob = torch.zeros_like(out_bias)
+        g_pre = states[0].new_zeros(num_steps, N, H)
+        adj = gp[:, num_steps].clone()
+        for k in reversed(range(num_steps)):
+            z = states[k]
+            gf = torch.add(gd[:, k], adj, alpha=dt_list[k])
+            gg = torch.addcmul(gg_all[:, k], adj, noise_steps[k])
+            # Drift MLP, last layer first.
+            layer_acts = acts[k]
+            w_out, _ = lin[-1]
+            g_lin[-1][0].addmm_(gf.t(), layer_acts[-1][1])
+            g_lin[-1][1].add_(gf.sum(0))
+            gh = gf @ w_out
+            for i in reversed(range(n_lin)):
+                a, _ = layer_acts[i]
+                ga = torch.sigmoid(a).mul_(gh)
+                if i > 0:
+                    g_lin[i - 1][0].addmm_(ga.t(), layer_acts[i - 1][1])
+                    g_lin[i - 1][1].add_(ga.sum(0))
+                    gh = ga @ lin[i - 1][0]
+                else:
+                    g_pre[k] = ga
+                    g_wz.addmm_(ga.t(), z)
+                    gz = ga @ w_z
+            # Diffusion.
+            s = (diffs[k] - lo) / span
+            graw = (gg * span * s * (1.0 - s)).unsqueeze(-1)  # [N, L, 1]
+            # The diffusion's [N, L, Hd] activations are recomputed here rather than stored for
+            # every step: they would be the largest per-step memory of the whole pass.
+            ad = torch.addcmul(b1, z.unsqueeze(-1), w1)
+            g_w2.add_((F.softplus(ad) * graw).sum(0))
+            gad = ad.sigmoid_().mul_(w2).mul_(graw)
+            g_b1.add_(gad.sum(0))
+            g_w1.add_((gad * z.unsqueeze(-1)).sum(0))
+            g_ob.add_(graw.sum((0, 2)))
+            gz.add_((gad * w1).sum(-1))
+            adj = adj.add_(gz).add_(gp[:, k])
+        # Map the per-step first-layer gradients back onto ``pre``'s shape.
+        g_pre = g_pre.view((num_steps,) + zb + (H,)).movedim(0, -2)  # [..., U-1, H]
+        if len(ctx.pre_shape) >= 2:
+            full = g_pre.new_zeros(zb + (num_steps + 1, H))
+            full[..., :num_steps, :] = g_pre
+            grad_pre = full.sum_to_size(ctx.pre_shape)
+        else:
+            grad_pre = g_pre.sum_to_size(ctx.pre_shape)
+        grad_z0 = adj.view(zb + (L,))
+        flat = [t for pair in g_lin for t in pair]
+        return (None, grad_z0, None, grad_pre, g_wz, *flat, g_w1, g_b1, g_w2, g_ob)

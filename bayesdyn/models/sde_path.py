@@ -7,7 +7,7 @@ from pyro.distributions import TorchDistribution, constraints
 from torch import Tensor
 
 from .._validation import BayesdynTypeError, BayesdynValueError, is_validation_enabled
-from ..solvers import euler_log_prob, euler_maruyama
+from ..solvers import EulerPath, check_finite_path, euler_log_prob, euler_maruyama
 from .base import AbstractSDE
 
 __all__ = ["SDEPath"]
@@ -100,7 +100,13 @@ class SDEPath(TorchDistribution):
         L = self.event_shape[-1]
         z0 = self.z0.expand(shape + (L,))
         noise = torch.randn(shape + (self.event_shape[0] - 1, L), dtype=z0.dtype, device=z0.device)
-        res = euler_maruyama(self.sde.step, z0, self.grid, noise)
+        fused = getattr(self.sde, "sample_path", None)
+        out = None if fused is None else fused(z0, self.grid, noise)
+        if out is not None:  # same scheme, one autograd node (see _BoundSDE.sample_path)
+            check_finite_path(out[0], self.grid)
+            res = EulerPath(*out)
+        else:
+            res = euler_maruyama(self.sde.step, z0, self.grid, noise)
         # Keep the drift and diffusion used while sampling: the low-variance path KL reuses
         # them instead of evaluating the posterior drift a second time.
         self._cache = (res.path, res.drift, res.diffusion)
@@ -145,11 +151,21 @@ class SDEPath(TorchDistribution):
                 f"and {self.grid.numel()} points"
             )
         f_q, g = self.drift_diffusion_on(value)
-        f_p, g_p = prior.sde.on_path(self.grid[:-1], value[..., :-1, :])
+        shares = getattr(self.sde, "shares_diffusion_with", None)
+        if shares is not None and shares(prior.sde):
+            # Same diffusion object in both SDEs: g_p == g by construction, so only the prior
+            # drift is evaluated (half the work of ``on_path``, no redundant check).
+            f_p = prior.sde.drift_on_path(self.grid[:-1], value[..., :-1, :])
+        else:
+            f_p, g_p = prior.sde.on_path(self.grid[:-1], value[..., :-1, :])
+            self._check_same_diffusion(g, g_p)
+        dts = (self.grid[1:] - self.grid[:-1]).unsqueeze(-1)
+        return 0.5 * (((f_q - f_p) / g).square() * dts).sum((-1, -2))
+
+    @staticmethod
+    def _check_same_diffusion(g: Tensor, g_p: Tensor) -> None:
         if is_validation_enabled() and not torch.allclose(g.detach(), g_p.detach()):
             raise BayesdynValueError(
                 "the low-variance path KL needs the same diffusion in prior and posterior; "
                 f"they differ by up to {float((g - g_p).abs().max()):.3g}. Use path_kl='naive'."
             )
-        dts = (self.grid[1:] - self.grid[:-1]).unsqueeze(-1)
-        return 0.5 * (((f_q - f_p) / g).square() * dts).sum((-1, -2))

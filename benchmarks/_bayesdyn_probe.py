@@ -1,0 +1,88 @@
+"""bayesdyn side of the latent SDE benchmark: model, batch and one training step.
+
+Mirrors ``_reference_torchsde.py`` (same data, same architecture widths) so that
+``bench_latent_sde.py`` compares like with like.  ``memory_probe`` has the same contract as
+``_reference_torchsde.memory_probe`` and is used via ``_harness.peak_rss_in_subprocess``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:
+    from bayesdyn.data import IrregularBatch
+except ImportError:  # the data package may not re-export it yet
+    from bayesdyn.data._batch import IrregularBatch
+from bayesdyn.inference.elbo import PathELBO
+from bayesdyn.models import LatentSDE
+
+NOISE_STD = 0.01  # the reference's fixed observation scale
+
+
+def make_batch(ts: torch.Tensor, xs: torch.Tensor) -> IrregularBatch:
+    """``ts [T]``, time-major ``xs [T, B, D]`` -> an all-observed batch ``[B, T, D]``."""
+    values = xs.transpose(0, 1).contiguous()
+    B, T, _ = values.shape
+    times = ts.expand(B, T).contiguous()
+    mask = torch.ones(values.shape, dtype=torch.bool)
+    lengths = torch.full((B,), T, dtype=torch.long)
+    return IrregularBatch(times, values, mask, lengths)
+
+
+def make_model(data_size: int, latent: int, hidden: int, context: int, dt: float) -> LatentSDE:
+    """LatentSDE with the reference's widths: drift MLPs (2 x hidden, softplus), GRU encoder of
+    width ``hidden``, per-dimension diffusion nets of width ``hidden``, linear decoder with a
+    fixed observation scale of 0.01."""
+    return LatentSDE(
+        data_size,
+        latent_dim=latent,
+        hidden_dim=hidden,
+        context_dim=context,
+        encoder="gru",
+        encoder_hidden_dim=hidden,
+        diffusion_hidden_dim=hidden,
+        decoder="gaussian",
+        decoder_hidden_dim=0,
+        obs_scale_init=NOISE_STD,
+        learn_obs_scale=False,
+        num_layers=2,
+        activation="softplus",
+        dt=dt,
+        t0=0.0,
+    )
+
+
+def make_step_fn(model: LatentSDE, batch: IrregularBatch, lr: float = 1e-2):
+    """One Adam training iteration (forward + backward + step) with :class:`PathELBO`."""
+    elbo = PathELBO()
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+
+    def step() -> float:
+        opt.zero_grad(set_to_none=True)
+        loss = elbo.differentiable_loss(model.model, model.guide, batch)
+        loss.backward()
+        opt.step()
+        return float(loss.detach())
+
+    return step
+
+
+def memory_probe(
+    num_series: int = 256,
+    num_times: int = 100,
+    t1: float = 2.0,
+    data_size: int = 3,
+    latent: int = 4,
+    hidden: int = 64,
+    context: int = 16,
+    dt: float = 0.01,
+    seed: int = 0,
+):
+    """Build model + data and return a zero-argument training-step callable (see the
+    reference's ``memory_probe``)."""
+    import _harness
+
+    ts, xs = _harness.make_lorenz_like_data(num_series, num_times, t1, data_size, seed)
+    torch.manual_seed(seed)
+    model = make_model(data_size, latent, hidden, context, dt)
+    return make_step_fn(model, make_batch(ts, xs))
