@@ -86,6 +86,10 @@ class LatentSDEConfig:
         time_input: feed ``t`` to both drifts.
         next_obs_features: the posterior drift also reads the next observation's values,
             mask and the time left until it (besides the encoder context).
+        bridge: add a guiding term ``beta * (A y_next + c - z) / (tau + delta)`` to the
+            posterior drift (a learned Brownian-bridge-like pull towards the next
+            observation). Without it a posterior with the prior's diffusion cannot
+            concentrate at an observation within a few solver steps.
         num_layers: hidden layers of the drift networks.
         activation: activation of the drift networks.
         dt: largest solver step.
@@ -111,6 +115,7 @@ class LatentSDEConfig:
     covariate_dim: int = 0
     time_input: bool = False
     next_obs_features: bool = True
+    bridge: bool = True
     num_layers: int = 2
     activation: str = "softplus"
     dt: float = 0.05
@@ -170,6 +175,7 @@ class _BoundSDE(AbstractSDE):
         pre: Tensor,
         prior: _BoundSDE | None = None,
         active: Tensor | None = None,
+        bridge: tuple[Tensor, Tensor] | None = None,
     ):
         super().__init__(drift.state_dim)
         # Plain attributes, not submodules: a bound SDE is a view of the LatentSDE's nets.
@@ -181,6 +187,10 @@ class _BoundSDE(AbstractSDE):
         self._weights = drift.bind()
         U = grid.numel()
         self._pre_steps = pre.unbind(-2) if pre.dim() >= 2 else [pre] * U
+        # Guiding term (target - z) * rate towards the next observation; see LatentSDE.
+        self.bridge = bridge
+        if bridge is not None:
+            self._bridge_steps = list(zip(bridge[0].unbind(-2), bridge[1].unbind(-2), strict=True))
         self.active = active
         if active is not None:
             self._active_steps = active.unsqueeze(-1).unbind(-2)
@@ -194,6 +204,9 @@ class _BoundSDE(AbstractSDE):
 
     def step(self, k: int, t: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
         f = self._drift.forward_pre(z, self._pre_steps[k], self._weights)
+        if self.bridge is not None:
+            target, rate = self._bridge_steps[k]
+            f = f + (target - z) * rate
         g = self._diffusion(z)
         if self._prior is not None and not self._all_active[k]:
             f_p = self._prior._drift.forward_pre(z, self._prior._pre_steps[k], self._prior._weights)
@@ -212,7 +225,7 @@ class _BoundSDE(AbstractSDE):
         """
         if not torch.is_grad_enabled() or grid.shape != self.grid.shape:
             return None
-        if self._prior is not None and not all(self._all_active[:-1]):
+        if self.bridge is not None or (self._prior is not None and not all(self._all_active[:-1])):
             return None
         return fused_euler_path(self._drift, self._diffusion, z0, self.pre, grid, noise)
 
@@ -222,6 +235,9 @@ class _BoundSDE(AbstractSDE):
     def drift_on_path(self, ts: Tensor, z: Tensor) -> Tensor:
         """Drift alone at all left end points. Shapes: ``z [..., U-1, L]`` -> same."""
         f = self._drift.forward_pre(z, self._pre_on_path(), self._weights)
+        if self.bridge is not None:
+            target, rate = self.bridge
+            f = f + (target[..., :-1, :] - z) * rate[..., :-1, :]
         if self._prior is not None and not all(self._all_active[:-1]):
             f_p = self._prior._drift.forward_pre(
                 z, self._prior._pre_on_path(), self._prior._weights
@@ -283,6 +299,10 @@ class LatentSDE(PyroModule):
         self.z0_prior = _Z0Prior(L)
         kw = dict(num_layers=c.num_layers, activation=c.activation)
         self.prior_drift = DriftNet(L, H, extra, stable=c.stable_drift, **kw)
+        if c.bridge:
+            self.bridge_map = nn.Linear(c.obs_dim, L)
+            self.bridge_raw_beta = nn.Parameter(torch.zeros(L))
+            self.bridge_raw_delta = nn.Parameter(torch.tensor(math.log(math.expm1(c.dt))))
         nxt = 2 * c.obs_dim + 1 if c.next_obs_features else 0
         self.post_drift = DriftNet(L, H, extra + C + nxt, **kw)
         self.diffusion = DiagonalDiffusion(
@@ -352,27 +372,52 @@ class LatentSDE(PyroModule):
             parts.append(grid.expand(B, -1).unsqueeze(-1))
         return torch.cat(parts, -1) if parts else None
 
-    def _context_on_grid(self, batch, grid: Tensor, context: Tensor) -> Tensor:
+    def _next_obs(self, batch, grid: Tensor) -> Tensor:
+        """Row of the next observation after each grid point (clamped to the last). ``[B, U]``."""
+        B = batch.times.shape[0]
+        nxt = torch.searchsorted(
+            batch.times.contiguous(), grid.expand(B, -1).contiguous(), right=True
+        )
+        return torch.minimum(nxt, (batch.lengths - 1).unsqueeze(-1))
+
+    def _context_on_grid(self, batch, grid: Tensor, context: Tensor, nxt: Tensor) -> Tensor:
         """What the posterior drift reads about the data at each grid point.
 
         The context of the next observation and, with ``next_obs_features``, that
         observation's masked values, its mask and the time left until it (a bridge needs
         exactly these). Shapes: ``context [B, T, C] -> [B, U, C (+ 2D + 1)]``.
         """
-        B = batch.times.shape[0]
-        nxt = torch.searchsorted(
-            batch.times.contiguous(), grid.expand(B, -1).contiguous(), right=True
-        )
-        nxt = torch.minimum(nxt, (batch.lengths - 1).unsqueeze(-1))
         ctx = torch.gather(context, 1, nxt.unsqueeze(-1).expand(-1, -1, context.shape[-1]))
         if not self.config.next_obs_features:
             return ctx
+        y, m, tau = self._next_values(batch, grid, nxt)
+        return torch.cat([ctx, y, m, tau.to(ctx.dtype)], -1)
+
+    @staticmethod
+    def _next_values(batch, grid: Tensor, nxt: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Masked values ``[B, U, D]``, mask ``[B, U, D]`` and time left ``[B, U, 1]``."""
         D = batch.values.shape[-1]
         idx = nxt.unsqueeze(-1).expand(-1, -1, D)
-        m = torch.gather(batch.mask, 1, idx).to(ctx.dtype)
+        m = torch.gather(batch.mask, 1, idx).to(batch.values.dtype)
         y = torch.gather(batch.values, 1, idx) * m
         tau = (torch.gather(batch.times, 1, nxt) - grid).clamp(min=0).unsqueeze(-1)
-        return torch.cat([ctx, y, m, tau.to(ctx.dtype)], -1)
+        return y, m, tau
+
+    def _bridge(self, batch, grid: Tensor, nxt: Tensor, active: Tensor):
+        """Target ``[B, 1, U, L]`` and rate ``[B, 1, U, L]`` of the guiding term.
+
+        ``rate = beta / (tau + delta)`` with ``beta in (0, 1)`` and ``delta > 0`` learned; the
+        step before an observation has ``tau = dt_k``, so ``rate * dt_k < 1`` and the Euler
+        step never overshoots the target. Zero where the next row observes nothing and after
+        the last observation.
+        """
+        y, m, tau = self._next_values(batch, grid, nxt)
+        target = self.bridge_map(y)
+        beta = torch.sigmoid(self.bridge_raw_beta)
+        delta = F.softplus(self.bridge_raw_delta)
+        seen = (m.sum(-1, keepdim=True) > 0) & active.squeeze(1).unsqueeze(-1)
+        rate = beta / (tau + delta) * seen
+        return target.unsqueeze(1), rate.unsqueeze(1)
 
     def prior_sde(self, batch, grid: Tensor) -> AbstractSDE:
         """The prior SDE bound to ``grid`` (features of time/covariates precomputed)."""
@@ -384,14 +429,18 @@ class LatentSDE(PyroModule):
 
     def posterior_sde(self, batch, grid: Tensor, context: Tensor) -> AbstractSDE:
         """The posterior SDE bound to ``grid``, reading ``context [B, T, C]``."""
-        ctx = self._context_on_grid(batch, grid, context)
+        nxt = self._next_obs(batch, grid)
+        ctx = self._context_on_grid(batch, grid, context, nxt)
         x = self._grid_inputs(batch, grid)
         x = ctx if x is None else torch.cat([x, ctx], -1)
         pre = self.post_drift.features(x).unsqueeze(1)
         last = batch.times.gather(1, (batch.lengths - 1).unsqueeze(-1))  # [B, 1]
         active = (grid.unsqueeze(0) < last).unsqueeze(1)  # [B, 1, U]
         prior = self.prior_sde(batch, grid)
-        return _BoundSDE(self.post_drift, self.diffusion, grid, pre, prior=prior, active=active)
+        bridge = self._bridge(batch, grid, nxt, active) if self.config.bridge else None
+        return _BoundSDE(
+            self.post_drift, self.diffusion, grid, pre, prior=prior, active=active, bridge=bridge
+        )
 
     def encode(self, batch) -> Tensor:
         """Encoder context at each observation. Shapes: ``[B, T, C]``."""

@@ -17,41 +17,38 @@ def small_model(D=2):
     return LatentSDE(D, latent_dim=2, hidden_dim=8, context_dim=3, dt=0.1, diffusion_hidden_dim=4)
 
 
-def per_series_elbos(model, batch):
-    """Low-variance and naive ELBO of each series, from one shared guide sample."""
-    elbo = PathELBO()
-    mt, gt = elbo._get_trace(model.model, model.guide, (batch,), {})
-    obs = mt.nodes["obs"]
-    obs_lp = (obs["fn"].log_prob(obs["value"])).sum(-1)  # [B]
+def per_series_path_kls(model, batch):
+    """Low-variance and naive path-KL estimates of each series, from one shared guide sample."""
+    mt, gt = PathELBO()._get_trace(model.model, model.guide, (batch,), {})
     z_p, z_q = mt.nodes["z"], gt.nodes["z"]
-    z0_p, z0_q = mt.nodes["z0"], gt.nodes["z0"]
-    kl0 = (z0_q["fn"].log_prob(z0_q["value"]) - z0_p["fn"].log_prob(z0_q["value"])).squeeze(-1)
-    lowvar = obs_lp - z_q["fn"].path_kl(z_p["fn"], z_q["value"]).squeeze(-1) - kl0
-    naive = (
-        obs_lp
-        + (z_p["fn"].log_prob(z_q["value"]) - z_q["fn"].log_prob(z_q["value"])).squeeze(-1)
-        - kl0
-    )
+    z = z_q["value"]
+    lowvar = z_q["fn"].path_kl(z_p["fn"], z).squeeze(-1)
+    naive = (z_q["fn"].log_prob(z) - z_p["fn"].log_prob(z)).squeeze(-1)
     return lowvar.detach(), naive.detach()
 
 
-def test_lowvar_and_naive_agree_in_expectation_and_lowvar_has_less_variance():
-    # N copies of one series: each copy is an independent draw of the same ELBO estimator.
+@pytest.mark.parametrize("bridge", [False, True])
+def test_lowvar_and_naive_path_kl_agree_in_expectation_and_lowvar_has_less_variance(bridge):
+    # N copies of one series: each copy is an independent draw of the same KL estimator.
     one = ragged_batch(B=1, T=6)
     N = 4000
     batch = type(one)(*(x.expand(N, *x.shape[1:]) for x in one[:4]))
     model = small_model()
+    model.config.bridge = bridge
     with torch.no_grad():  # move the posterior drift away from the prior so the KL is not ~0
         model.post_drift.rest[-1].bias.add_(0.8)
-    lo, na = per_series_elbos(model, batch)
-    z = stats.norm.ppf(1 - TEST_FAILURE_RATE / 2)
+    lo, na = per_series_path_kls(model, batch)
+    z = stats.norm.ppf(1 - TEST_FAILURE_RATE / 4)  # two tests share the budget
     diff = na - lo  # the stochastic integral: zero mean
     assert abs(float(diff.mean())) < z * float(diff.std()) / math.sqrt(N)
+    if bridge:
+        # With the bridge the integrand (f_q - f_p)/g varies strongly along paths and both
+        # estimators are dominated by that shared part: only unbiasedness is claimed.
+        return
     # Pitman-Morgan test for paired variances: var(lo) < var(na) <=> corr(lo+na, lo-na) < 0.
     r = float(torch.corrcoef(torch.stack([lo + na, lo - na]))[0, 1])
     t = r * math.sqrt(N - 2) / math.sqrt(1 - r * r)
-    assert t < stats.t.ppf(TEST_FAILURE_RATE, N - 2)
-    assert float(lo.var()) < float(na.var())
+    assert t < stats.t.ppf(TEST_FAILURE_RATE / 2, N - 2)
 
 
 def test_gradient_matches_finite_differences_under_common_random_numbers():
