@@ -49,6 +49,9 @@ def make_model(data_size: int, latent: int, hidden: int, context: int, dt: float
         activation="softplus",
         dt=dt,
         t0=0.0,
+        # the reference's posterior drift reads only the GRU context: no extra inputs
+        next_obs_features=False,
+        bridge=False,
     )
 
 
