@@ -232,16 +232,35 @@ class _BoundSDE(AbstractSDE):
     def on_path(self, ts: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
         return self.drift_on_path(ts, z), self._diffusion(z)
 
+    def _drift_net_on_path(self, z: Tensor) -> Tensor:
+        """``forward_pre`` over a whole path, in time chunks of at most ~4M hidden activations.
+
+        One call over ``[..., U-1, H]`` allocates several tensors of hundreds of MB per step;
+        the allocator maps fresh pages for each (page faults cost ~20% of a large step).
+        Chunks small enough to be recycled by the heap avoid that; the result is the same.
+        """
+        pre = self._pre_on_path()
+        H = self._weights[0].shape[0]
+        rows = z[..., 0, :].numel() // z.shape[-1]
+        chunk = max(1, (1 << 22) // max(rows * H, 1))
+        U1 = z.shape[-2]
+        if chunk >= U1:
+            return self._drift.forward_pre(z, pre, self._weights)
+        per_step = pre.dim() >= 2
+        parts = []
+        for a in range(0, U1, chunk):
+            p = pre[..., a : a + chunk, :] if per_step else pre
+            parts.append(self._drift.forward_pre(z[..., a : a + chunk, :], p, self._weights))
+        return torch.cat(parts, -2)
+
     def drift_on_path(self, ts: Tensor, z: Tensor) -> Tensor:
         """Drift alone at all left end points. Shapes: ``z [..., U-1, L]`` -> same."""
-        f = self._drift.forward_pre(z, self._pre_on_path(), self._weights)
+        f = self._drift_net_on_path(z)
         if self.bridge is not None:
             target, rate = self.bridge
             f = f + (target[..., :-1, :] - z) * rate[..., :-1, :]
         if self._prior is not None and not all(self._all_active[:-1]):
-            f_p = self._prior._drift.forward_pre(
-                z, self._prior._pre_on_path(), self._prior._weights
-            )
+            f_p = self._prior._drift_net_on_path(z)
             f = torch.where(self.active[..., :-1].unsqueeze(-1), f, f_p)
         return f
 
@@ -380,18 +399,35 @@ class LatentSDE(PyroModule):
         )
         return torch.minimum(nxt, (batch.lengths - 1).unsqueeze(-1))
 
-    def _context_on_grid(self, batch, grid: Tensor, context: Tensor, nxt: Tensor) -> Tensor:
-        """What the posterior drift reads about the data at each grid point.
+    def _posterior_features(self, batch, grid: Tensor, context: Tensor, nxt: Tensor) -> Tensor:
+        """First-layer contribution of everything the posterior drift reads besides the state.
 
-        The context of the next observation and, with ``next_obs_features``, that
-        observation's masked values, its mask and the time left until it (a bridge needs
-        exactly these). Shapes: ``context [B, T, C] -> [B, U, C (+ 2D + 1)]``.
+        The posterior drift reads the grid inputs (time, covariates), the context of the next
+        observation and, with ``next_obs_features``, that observation's masked values, its
+        mask and the time left until it. Context and values are piecewise constant between
+        observations, so their part of the first layer is computed once per observation row
+        (``[B, T, H]``) and gathered to the grid, not once per grid point.
+
+        Shapes: ``context [B, T, C]``, ``nxt [B, U]`` -> ``[B, U, H]``.
         """
-        ctx = torch.gather(context, 1, nxt.unsqueeze(-1).expand(-1, -1, context.shape[-1]))
-        if not self.config.next_obs_features:
-            return ctx
-        y, m, tau = self._next_values(batch, grid, nxt)
-        return torch.cat([ctx, y, m, tau.to(ctx.dtype)], -1)
+        W, b = self.post_drift.first.weight, self.post_drift.first.bias
+        col = self.config.latent_dim
+        pre = b
+        x = self._grid_inputs(batch, grid)
+        if x is not None:
+            pre = pre + F.linear(x, W[:, col : col + x.shape[-1]])
+            col += x.shape[-1]
+        rows = context
+        if self.config.next_obs_features:
+            m = batch.mask.to(context.dtype)
+            rows = torch.cat([context, batch.values * m, m], -1)
+        per_row = F.linear(rows, W[:, col : col + rows.shape[-1]])  # [B, T, H]
+        col += rows.shape[-1]
+        pre = pre + torch.gather(per_row, 1, nxt.unsqueeze(-1).expand(-1, -1, per_row.shape[-1]))
+        if self.config.next_obs_features:
+            tau = (torch.gather(batch.times, 1, nxt) - grid).clamp(min=0).unsqueeze(-1)
+            pre = pre + tau.to(pre.dtype) * W[:, col]
+        return pre
 
     @staticmethod
     def _next_values(batch, grid: Tensor, nxt: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -430,10 +466,7 @@ class LatentSDE(PyroModule):
     def posterior_sde(self, batch, grid: Tensor, context: Tensor) -> AbstractSDE:
         """The posterior SDE bound to ``grid``, reading ``context [B, T, C]``."""
         nxt = self._next_obs(batch, grid)
-        ctx = self._context_on_grid(batch, grid, context, nxt)
-        x = self._grid_inputs(batch, grid)
-        x = ctx if x is None else torch.cat([x, ctx], -1)
-        pre = self.post_drift.features(x).unsqueeze(1)
+        pre = self._posterior_features(batch, grid, context, nxt).unsqueeze(1)
         last = batch.times.gather(1, (batch.lengths - 1).unsqueeze(-1))  # [B, 1]
         active = (grid.unsqueeze(0) < last).unsqueeze(1)  # [B, 1, U]
         prior = self.prior_sde(batch, grid)
