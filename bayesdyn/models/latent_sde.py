@@ -241,9 +241,9 @@ class _BoundSDE(AbstractSDE):
         """
         pre = self._pre_on_path()
         H = self._weights[0].shape[0]
-        rows = z[..., 0, :].numel() // z.shape[-1]
-        chunk = max(1, (1 << 22) // max(rows * H, 1))
         U1 = z.shape[-2]
+        rows = z.numel() // max(z.shape[-1] * U1, 1)
+        chunk = max(1, (1 << 22) // max(rows * H, 1))
         if chunk >= U1:
             return self._drift.forward_pre(z, pre, self._weights)
         per_step = pre.dim() >= 2
