@@ -57,17 +57,12 @@ def make_model(data_size: int, latent: int, hidden: int, context: int, dt: float
 
 def make_step_fn(model: LatentSDE, batch: IrregularBatch, lr: float = 1e-2):
     """One Adam training iteration (forward + backward + step) with :class:`PathELBO`."""
+    import _harness  # benchmarks/ is on sys.path in benchmark scripts
+
     elbo = PathELBO()
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-
-    def step() -> float:
-        opt.zero_grad(set_to_none=True)
-        loss = elbo.differentiable_loss(model.model, model.guide, batch)
-        loss.backward()
-        opt.step()
-        return float(loss.detach())
-
-    return step
+    return _harness.adam_step_fn(
+        model.parameters(), lambda: elbo.differentiable_loss(model.model, model.guide, batch), lr
+    )
 
 
 def memory_probe(

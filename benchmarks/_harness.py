@@ -250,3 +250,22 @@ def peak_rss_in_subprocess(
         f"memory probe {spec!r} failed (exit {proc.returncode}):\n"
         f"--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-4000:]}"
     )
+
+
+def adam_step_fn(parameters, loss_fn: Callable[[], Any], lr: float = 1e-2) -> Callable[[], float]:
+    """One training iteration (zero grads, forward, backward, Adam step) as a callable.
+
+    Both sides of every benchmark use this, so the timed work differs only in the loss.
+    """
+    import torch
+
+    opt = torch.optim.Adam(list(parameters), lr=lr)
+
+    def step() -> float:
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn()
+        loss.backward()
+        opt.step()
+        return float(loss.detach())
+
+    return step

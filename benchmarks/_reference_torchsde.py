@@ -146,16 +146,9 @@ def reference_loss(module: ReferenceLatentSDE, xs: torch.Tensor, ts: torch.Tenso
 
 def make_step_fn(module: ReferenceLatentSDE, xs: torch.Tensor, ts: torch.Tensor, lr: float = 1e-2):
     """One Adam training iteration (forward + backward + step), as in the example's loop."""
-    opt = torch.optim.Adam(module.parameters(), lr=lr)
+    import _harness  # benchmarks/ is on sys.path in benchmark scripts
 
-    def step() -> float:
-        opt.zero_grad(set_to_none=True)
-        loss = reference_loss(module, xs, ts)
-        loss.backward()
-        opt.step()
-        return float(loss.detach())
-
-    return step
+    return _harness.adam_step_fn(module.parameters(), lambda: reference_loss(module, xs, ts), lr)
 
 
 def memory_probe(

@@ -157,6 +157,10 @@ class _Z0Prior(nn.Module):
         return F.softplus(self.raw_scale) + 1e-4
 
 
+#: Hidden activations per chunk when a drift net runs over a whole path (see _BoundSDE).
+_ON_PATH_CHUNK = 1 << 22
+
+
 class _BoundSDE(AbstractSDE):
     """Prior or posterior latent SDE bound to one grid, with grid features precomputed.
 
@@ -243,7 +247,7 @@ class _BoundSDE(AbstractSDE):
         H = self._weights[0].shape[0]
         U1 = z.shape[-2]
         rows = z.numel() // max(z.shape[-1] * U1, 1)
-        chunk = max(1, (1 << 22) // max(rows * H, 1))
+        chunk = max(1, _ON_PATH_CHUNK // max(rows * H, 1))
         if chunk >= U1:
             return self._drift.forward_pre(z, pre, self._weights)
         per_step = pre.dim() >= 2
