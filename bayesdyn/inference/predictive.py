@@ -50,7 +50,9 @@ class Trajectories:
 
     def quantiles(self, qs: Sequence[float], which: str = "observations") -> Tensor:
         """Pointwise quantiles over samples (and members). Shapes: ``[len(qs), B, Q, D]``."""
-        qs_t = torch.as_tensor(list(qs), dtype=self.observations.dtype)
+        qs_t = torch.as_tensor(
+            list(qs), dtype=self.observations.dtype, device=self.observations.device
+        )
         if qs_t.numel() == 0 or bool(((qs_t < 0) | (qs_t > 1)).any()):
             raise BayesdynValueError(f"qs must be probabilities in [0, 1]; got {list(qs)}")
         return torch.quantile(self._flat(which), qs_t, dim=0)
@@ -85,13 +87,13 @@ class Trajectories:
             if not 0 < lv < 1:
                 raise BayesdynValueError(f"levels must lie in (0, 1); got {lv}")
             qs += [(1 - lv) / 2, (1 + lv) / 2]
-        qv = self.quantiles(qs).numpy()  # [nq, B, Q, D]
-        mean = self.mean().numpy()
+        qv = self.quantiles(qs).cpu().numpy()  # [nq, B, Q, D]
+        mean = self.mean().cpu().numpy()
         B, Q, D = mean.shape
-        t = self._times_bq().numpy()
+        t = self._times_bq().cpu().numpy()
         ids = self.ids if self.ids is not None else list(range(B))
         chans = self.channels if self.channels is not None else [f"y{d}" for d in range(D)]
-        last = self.last_observed.numpy()
+        last = self.last_observed.cpu().numpy()
         cols = {
             "id": np.repeat(np.asarray(ids, dtype=object), Q * D),
             "time": np.repeat(t.reshape(-1), D),
@@ -137,9 +139,9 @@ class Trajectories:
         for b in series:
             if not 0 <= b < B:
                 raise BayesdynValueError(f"series index {b} out of range for {B} series")
-        lo, med, hi = self.quantiles([(1 - level) / 2, 0.5, (1 + level) / 2])
-        t = self._times_bq()
-        flat = self._flat("observations")
+        lo, med, hi = self.quantiles([(1 - level) / 2, 0.5, (1 + level) / 2]).cpu()
+        t = self._times_bq().cpu()
+        flat = self._flat("observations").cpu()
         chans = self.channels or [f"y{d}" for d in range(D)]
         fig, axes = plt.subplots(
             len(series), D, figsize=(4.2 * D, 2.4 * len(series)), squeeze=False, sharex=True
@@ -158,7 +160,7 @@ class Trajectories:
                 ax.plot(t[b], med[b, :, d], color="C0", lw=1.2, label="median")
                 for s in range(min(num_paths, flat.shape[0])):
                     ax.plot(t[b], flat[s, b, :, d], color="C0", lw=0.5, alpha=0.5)
-                ax.axvline(float(self.last_observed[b]), color="k", ls="--", lw=0.8)
+                ax.axvline(float(self.last_observed[b].cpu()), color="k", ls="--", lw=0.8)
                 if data is not None:
                     tb, vb, mb = data.times[b], data.values[b], data.mask[b]
                     ax.scatter(
