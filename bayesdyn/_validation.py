@@ -16,7 +16,6 @@ __all__ = [
     "FitDiverged",
     "SolverDiverged",
     "check_positive",
-    "check_type",
     "enable_validation",
     "is_validation_enabled",
     "validation_enabled",
@@ -73,17 +72,6 @@ def _describe(value: Any) -> str:
     if shape is not None:
         return f"{type(value).__name__} of shape {tuple(shape)} and dtype {dtype}"
     return f"{type(value).__name__} {value!r}"
-
-
-def check_type(
-    name: str, value: Any, types: type | tuple[type, ...], what: str | None = None
-) -> None:
-    """Raise :class:`BayesdynTypeError` unless ``isinstance(value, types)``."""
-    if not isinstance(value, types):
-        if what is None:
-            tnames = types if isinstance(types, tuple) else (types,)
-            what = " or ".join(t.__name__ for t in tnames)
-        raise BayesdynTypeError(f"{name} must be {what}; got {_describe(value)}")
 
 
 def check_positive(name: str, value: Any, *, allow_zero: bool = False) -> float:

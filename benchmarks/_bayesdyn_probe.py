@@ -65,22 +65,12 @@ def make_step_fn(model: LatentSDE, batch: IrregularBatch, lr: float = 1e-2):
     )
 
 
-def memory_probe(
-    num_series: int = 256,
-    num_times: int = 100,
-    t1: float = 2.0,
-    data_size: int = 3,
-    latent: int = 4,
-    hidden: int = 64,
-    context: int = 16,
-    dt: float = 0.01,
-    seed: int = 0,
-):
+def memory_probe(seed: int = 0, **config):
     """Build model + data and return a zero-argument training-step callable (see the
     reference's ``memory_probe``)."""
     import _harness
 
-    ts, xs = _harness.make_lorenz_like_data(num_series, num_times, t1, data_size, seed)
+    c, ts, xs = _harness.probe_data(config, seed)
     torch.manual_seed(seed)
-    model = make_model(data_size, latent, hidden, context, dt)
+    model = make_model(c["data_size"], c["latent"], c["hidden"], c["context"], c["dt"])
     return make_step_fn(model, make_batch(ts, xs))

@@ -269,3 +269,21 @@ def adam_step_fn(parameters, loss_fn: Callable[[], Any], lr: float = 1e-2) -> Ca
         return float(loss.detach())
 
     return step
+
+
+#: The "small" benchmark configuration; the memory probes of both sides default to it.
+SMALL_CONFIG = dict(
+    num_series=256, num_times=100, t1=2.0, data_size=3, latent=4, hidden=64, context=16, dt=0.01
+)
+
+
+def probe_data(config: dict, seed: int):
+    """``(config, ts, xs)`` for a memory probe: ``config`` over :data:`SMALL_CONFIG`."""
+    cfg = {**SMALL_CONFIG, **config}
+    unknown = set(cfg) - set(SMALL_CONFIG)
+    if unknown:
+        raise ValueError(f"unknown probe options {sorted(unknown)}; known: {sorted(SMALL_CONFIG)}")
+    ts, xs = make_lorenz_like_data(
+        cfg["num_series"], cfg["num_times"], cfg["t1"], cfg["data_size"], seed
+    )
+    return cfg, ts, xs

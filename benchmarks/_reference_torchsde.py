@@ -151,17 +151,7 @@ def make_step_fn(module: ReferenceLatentSDE, xs: torch.Tensor, ts: torch.Tensor,
     return _harness.adam_step_fn(module.parameters(), lambda: reference_loss(module, xs, ts), lr)
 
 
-def memory_probe(
-    num_series: int = 256,
-    num_times: int = 100,
-    t1: float = 2.0,
-    data_size: int = 3,
-    latent: int = 4,
-    hidden: int = 64,
-    context: int = 16,
-    dt: float = 0.01,
-    seed: int = 0,
-):
+def memory_probe(seed: int = 0, **config):
     """Build model + data and return a zero-argument training-step callable.
 
     Used via ``_harness.peak_rss_in_subprocess("_reference_torchsde:memory_probe", kwargs)``:
@@ -170,7 +160,7 @@ def memory_probe(
     """
     import _harness  # benchmarks/ is on sys.path in benchmark scripts and probe children
 
-    ts, xs = _harness.make_lorenz_like_data(num_series, num_times, t1, data_size, seed)
+    c, ts, xs = _harness.probe_data(config, seed)
     torch.manual_seed(seed)
-    module = make_reference(data_size, latent, hidden, context, dt)
+    module = make_reference(c["data_size"], c["latent"], c["hidden"], c["context"], c["dt"])
     return make_step_fn(module, xs, ts)

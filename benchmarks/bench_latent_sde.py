@@ -38,9 +38,7 @@ import torch  # noqa: E402
 from pyro.infer import Predictive  # noqa: E402
 
 CONFIGS = {
-    "small": dict(
-        num_series=256, num_times=100, t1=2.0, data_size=3, latent=4, hidden=64, context=16, dt=0.01
-    ),
+    "small": _harness.SMALL_CONFIG,
     "lorenz": dict(
         num_series=1024,
         num_times=100,
