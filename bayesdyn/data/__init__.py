@@ -5,6 +5,14 @@ tensors are created only when converting to an :class:`IrregularBatch`.
 """
 
 from ._batch import IrregularBatch, ensure_batch
+from ._events import (
+    EventBatch,
+    JumpBatch,
+    check_event_sequences,
+    load_point_process,
+    pad_events,
+    read_event_sequences,
+)
 from ._loaders import load_brusselator, load_lynx_hare
 from ._scaler import Scaler
 from ._series import IrregularTimeSeries
@@ -17,13 +25,19 @@ from ._synthetic import (
 )
 
 __all__ = [
+    "EventBatch",
     "IrregularBatch",
     "IrregularTimeSeries",
+    "JumpBatch",
     "Scaler",
     "SyntheticData",
+    "check_event_sequences",
     "ensure_batch",
     "load_brusselator",
     "load_lynx_hare",
+    "load_point_process",
+    "pad_events",
+    "read_event_sequences",
     "simulate_double_ou",
     "simulate_gbm",
     "simulate_lorenz",

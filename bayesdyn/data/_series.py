@@ -94,6 +94,10 @@ class IrregularTimeSeries:
         covariate_names: names of the ``K`` covariates; default ``"u0".."u{K-1}"``.
         require_observed_channels: raise if a channel has no observed value in any series
             (default True; subsets and splits pass False).
+        events: optional per-series event times ``[N_i]`` (may be empty), strictly increasing
+            and inside the series' observation window ``[times[0], times[-1]]``.
+        marks: optional per-series integer marks ``[N_i]`` in ``[0, num_marks)``.
+        num_marks: ``K`` (default: largest mark + 1; 1 without marks).
 
     Raises:
         BayesdynTypeError: for non-numeric, complex or bool times/values, or a non-bool mask.
@@ -118,6 +122,9 @@ class IrregularTimeSeries:
         covariates: Any = None,
         covariate_names: Optional[Sequence[str]] = None,
         require_observed_channels: bool = True,
+        events: Any = None,
+        marks: Any = None,
+        num_marks: Optional[int] = None,
     ) -> None:
         times_l = _split_rows("times", times, 2)
         values_l = _split_rows("values", values, 3)
@@ -259,6 +266,22 @@ class IrregularTimeSeries:
         )
         if cov_l is None and covariate_names is not None:
             raise BayesdynValueError("covariate_names was given but covariates is None")
+
+        # Event times and marks (optional); validated against each series' window.
+        self._events: Optional[list[np.ndarray]] = None
+        self._marks: Optional[list[np.ndarray]] = None
+        self._num_marks = 1
+        if events is None and (marks is not None or num_marks is not None):
+            raise BayesdynValueError("marks/num_marks were given but events is None")
+        if events is not None:
+            from ._events import check_event_sequences
+
+            self._events, self._marks, self._num_marks = check_event_sequences(
+                events,
+                marks,
+                windows=[(t[0], t[-1]) for t in out_t],
+                num_marks=num_marks,
+            )
 
         if require_observed_channels:
             seen_any = np.zeros(D, dtype=bool)
@@ -618,6 +641,8 @@ class IrregularTimeSeries:
             [self._mask[i] for i in idx],
             None if self._covariates is None else [self._covariates[i] for i in idx],
             [self._ids[i] for i in idx],
+            events=None if self._events is None else [self._events[i] for i in idx],
+            marks=None if self._marks is None else [self._marks[i] for i in idx],
         )
 
     def _replace_rows(
@@ -627,6 +652,8 @@ class IrregularTimeSeries:
         mask: list[np.ndarray],
         cov: Optional[list[np.ndarray]],
         ids: list[Any],
+        events: Optional[list[np.ndarray]] = None,
+        marks: Optional[list[np.ndarray]] = None,
     ) -> IrregularTimeSeries:
         return IrregularTimeSeries(
             times,
@@ -637,6 +664,9 @@ class IrregularTimeSeries:
             covariates=cov,
             covariate_names=self._covariate_names,
             require_observed_channels=False,
+            events=events,
+            marks=marks,
+            num_marks=None if events is None else self._num_marks,
         )
 
     def __repr__(self) -> str:
@@ -644,6 +674,8 @@ class IrregularTimeSeries:
         total = sum(m.size for m in self._mask)
         frac = self.num_observed / total if total else 0.0
         cov = "" if self._covariates is None else f", covariates={self._covariate_names}"
+        if self._events is not None:
+            cov += f", events={sum(e.shape[0] for e in self._events)} (num_marks={self._num_marks})"
         return (
             f"IrregularTimeSeries(num_series={len(self)}, obs_dim={self.obs_dim}, "
             f"channels={self._channels}, rows {n.min()}..{n.max()}, "
@@ -691,6 +723,56 @@ class IrregularTimeSeries:
     def mask(self) -> list[np.ndarray]:
         """Per-series read-only bool masks ``[T_i, D]``."""
         return list(self._mask)
+
+    @property
+    def events(self) -> Optional[list[np.ndarray]]:
+        """Per-series read-only event times ``[N_i]``, or None without events."""
+        return None if self._events is None else list(self._events)
+
+    @property
+    def marks(self) -> Optional[list[np.ndarray]]:
+        """Per-series read-only int64 marks ``[N_i]`` (zeros when unmarked), or None."""
+        return None if self._marks is None else list(self._marks)
+
+    @property
+    def num_marks(self) -> int:
+        """Number of mark categories ``K`` (1 for unmarked events or no events)."""
+        return self._num_marks
+
+    @property
+    def windows(self) -> list[tuple[float, float]]:
+        """Observation window ``(times[0], times[-1])`` of each series (where events may lie)."""
+        return [(float(t[0]), float(t[-1])) for t in self._times]
+
+    def to_event_batch(self, dtype: Optional[torch.dtype] = None, device: Any = None):
+        """Pad the events to an :class:`~bayesdyn.data.EventBatch`.
+
+        Raises:
+            BayesdynValueError: if the collection has no events.
+
+        Shapes:
+            ``times [B, N]``, ``marks [B, N]``, ``mask [B, N]``, ``counts [B]``, ``window [B, 2]``.
+        """
+        from ._events import pad_events
+
+        if self._events is None:
+            raise BayesdynValueError(
+                "this IrregularTimeSeries has no events; pass events=... when building it"
+            )
+        return pad_events(
+            self._events, self._marks, self.windows, self._num_marks, dtype=dtype, device=device
+        )
+
+    def to_jump_batch(self, dtype: Optional[torch.dtype] = None, device: Any = None):
+        """:meth:`to_batch` plus the padded events, as a :class:`~bayesdyn.data.JumpBatch`.
+
+        Shapes:
+            as :meth:`to_batch`, plus ``events.times [B, N]``.
+        """
+        from ._events import JumpBatch
+
+        b = self.to_batch(dtype=dtype, device=device)
+        return JumpBatch(*b, events=self.to_event_batch(dtype=dtype, device=device))
 
     @property
     def covariates(self) -> Optional[list[np.ndarray]]:
@@ -787,6 +869,15 @@ class IrregularTimeSeries:
                     f"its first time is {t[0]}"
                 )
             past.append((i, slice(0, n)))
+            if self._events is not None and n < t.shape[0]:
+                e = self._events[i]
+                gap = e[(e > t[n - 1]) & (e < t[n])]
+                if gap.size:
+                    raise BayesdynValueError(
+                        f"series {i}: event at {gap[0]:g} lies between the last row before the "
+                        f"origin ({t[n - 1]:g}) and the first row after it ({t[n]:g}), so "
+                        "split_time would drop it; add an unobserved row at the origin first"
+                    )
             if n < t.shape[0]:
                 fut.append((i, slice(n, None)))
         if not fut:
@@ -797,12 +888,25 @@ class IrregularTimeSeries:
         return self._take(past), self._take(fut)
 
     def _take(self, parts: list[tuple[int, slice]]) -> IrregularTimeSeries:
+        times = [self._times[i][s] for i, s in parts]
+        events = marks = None
+        if self._events is not None:
+            # Each part keeps the events inside its own window (split_time has checked that
+            # no event falls between the parts).
+            events, marks = [], []
+            for (i, _), t in zip(parts, times, strict=True):
+                e = self._events[i]
+                keep = (e >= t[0]) & (e <= t[-1])
+                events.append(e[keep])
+                marks.append(self._marks[i][keep])
         return self._replace_rows(
-            [self._times[i][s] for i, s in parts],
+            times,
             [self._values[i][s] for i, s in parts],
             [self._mask[i][s] for i, s in parts],
             None if self._covariates is None else [self._covariates[i][s] for i, s in parts],
             [self._ids[i] for i, _ in parts],
+            events=events,
+            marks=marks,
         )
 
     def standardize(self, scaler: Optional[Scaler] = None) -> tuple[IrregularTimeSeries, Scaler]:
@@ -827,7 +931,15 @@ class IrregularTimeSeries:
         return scaler.transform(self), scaler
 
     def _with_values(self, values: list[np.ndarray]) -> IrregularTimeSeries:
-        return self._replace_rows(self._times, values, self._mask, self._covariates, self._ids)
+        return self._replace_rows(
+            self._times,
+            values,
+            self._mask,
+            self._covariates,
+            self._ids,
+            events=self._events,
+            marks=self._marks,
+        )
 
 
 def _numeric_column(df: pd.DataFrame, col: Any, what: str) -> np.ndarray:
