@@ -1,7 +1,9 @@
-"""Closed-form oracles for tests: Ornstein–Uhlenbeck transitions, Euler recursions, Kalman filter.
+"""Closed-form oracles for tests: Ornstein–Uhlenbeck transitions, Euler recursions, joint Gaussians.
 
 Written independently of the library code (numpy/scipy, explicit loops) so tests compare two
-implementations.
+implementations. The one Kalman filter lives in ``bayesdyn.inference.kalman`` (users need it
+too); it is tested here against :func:`brute_force_filter`, which conditions the joint Gaussian of
+all observations directly, and the OU maximum-likelihood oracle below uses it.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 from scipy import stats
 
 
@@ -44,44 +47,109 @@ def euler_ou_log_prob_loop(path, grid, theta, mu, sigma):
     return total
 
 
-def kalman_ou(times, y, theta, mu, sigma, obs_noise, m0, v0):
-    """Kalman filter for a scalar OU observed with Gaussian noise at irregular times.
-
-    The state at ``times[0]`` has prior ``N(m0, v0)``. Returns the log-likelihood and the
-    filtering means and variances at each time.
-    """
-    m, v = m0, v0
-    ll = 0.0
-    means, variances = [], []
-    for i, t in enumerate(times):
-        if i > 0:
-            m, v = (
-                ou_transition(m, t - times[i - 1], theta, mu, sigma)[0],
-                (
-                    v * np.exp(-2 * theta * (t - times[i - 1]))
-                    + ou_transition(0.0, t - times[i - 1], theta, mu, sigma)[1]
-                ),
-            )
-        s = v + obs_noise**2
-        ll += stats.norm.logpdf(y[i], m, math.sqrt(s))
-        k = v / s
-        m, v = m + k * (y[i] - m), (1 - k) * v
-        means.append(m)
-        variances.append(v)
-    return ll, np.array(means), np.array(variances)
-
-
-def ou_series_nll(params, times_list, values_list):
+def ou_series_nll(params, batch):
     """Exact negative log-likelihood of OU-plus-noise series (stationary start), summed.
 
-    ``params = (log theta, log sigma, log obs_noise, mu)``.
+    ``params = (log theta, log sigma, log obs_noise, mu)``; ``batch`` is an ``IrregularBatch``.
+    Uses the library's Kalman filter (itself tested against the brute-force joint Gaussian
+    below in ``tests/inference/test_kalman.py``).
     """
+    from bayesdyn.inference.kalman import LinearGaussianSDE
+
     th, sg, on, mu = math.exp(params[0]), math.exp(params[1]), math.exp(params[2]), params[3]
-    sv = sg**2 / (2 * th)
-    total = 0.0
-    for t, y in zip(times_list, values_list, strict=True):
-        total -= kalman_ou(t, y, th, mu, sg, on, mu, sv)[0]
-    return total
+    th, mu, sg, on = (torch.tensor(x, dtype=torch.float64) for x in (th, mu, sg, on))
+    model = LinearGaussianSDE.ou(th, mu, sg, on, t0=float(batch.times.min()))
+    # Every series starts in the stationary law at its own first time: shift each series so
+    # that its first observation is at the shared t0 (OU is time-homogeneous).
+    shifted = batch._replace(times=batch.times - batch.times[:, :1] + batch.times.min())
+    with torch.no_grad():
+        return -float(model.filter(shifted).log_likelihood.sum())
+
+
+def gaussian_chain_joint(m0, P0, transitions):
+    """Joint mean ``[K+1, L]`` and covariance ``[(K+1) L, (K+1) L]`` of a linear-Gaussian chain.
+
+    ``z_0 ~ N(m0, P0)`` and ``z_{k+1} = F_k z_k + u_k + N(0, Q_k)`` for ``transitions[k] =
+    (F_k, u_k, Q_k)`` (numpy). Cross-covariances by ``Cov(z_j, z_k) = F_{k-1}...F_j Var(z_j)``.
+    """
+    L = len(m0)
+    K = len(transitions)
+    means = [np.asarray(m0, float)]
+    var = [np.asarray(P0, float)]
+    for F, u, Q in transitions:
+        means.append(F @ means[-1] + u)
+        var.append(F @ var[-1] @ F.T + Q)
+    cov = np.zeros(((K + 1) * L, (K + 1) * L))
+    for j in range(K + 1):
+        block = var[j]
+        for k in range(j, K + 1):
+            if k > j:
+                block = transitions[k - 1][0] @ block
+            cov[k * L : (k + 1) * L, j * L : (j + 1) * L] = block
+            cov[j * L : (j + 1) * L, k * L : (k + 1) * L] = block.T
+    return np.array(means), cov
+
+
+def exact_linear_transition(A, b, g, gap):
+    """Exact transition ``(F, u, Q)`` of ``dz = (Az + b)dt + diag(g) dW`` by quadrature.
+
+    ``F = expm(A gap)``; ``u`` and ``Q`` by adaptive quadrature (``scipy.integrate.quad_vec``),
+    independent of the Van Loan construction used by the library.
+    """
+    from scipy.integrate import quad_vec
+    from scipy.linalg import expm
+
+    A, b, G = np.asarray(A, float), np.asarray(b, float), np.diag(np.asarray(g, float))
+    F = expm(A * gap)
+    u = quad_vec(lambda s: expm(A * s) @ b, 0.0, gap, epsabs=1e-13)[0] if gap > 0 else 0 * b
+    Q = (
+        quad_vec(lambda s: expm(A * s) @ G @ G.T @ expm(A * s).T, 0.0, gap, epsabs=1e-13)[0]
+        if gap > 0
+        else np.zeros_like(A)
+    )
+    return F, u, Q
+
+
+def brute_force_filter(means, cov, points, H, c, r, y, mask):
+    """Filtering moments and log-likelihood by conditioning the joint Gaussian directly.
+
+    ``means [K+1, L]`` and ``cov`` are the joint of the chain (see :func:`gaussian_chain_joint`);
+    observation ``i`` sees chain point ``points[i]`` through ``y_i = H z + c + N(0, diag(r^2))``
+    on the channels where ``mask[i]`` is True. Returns ``(loglik, filt_means [n, L],
+    filt_covs [n, L, L])``, each filtering moment conditioning on all observed values up to ``i``.
+    """
+    H, c, r = np.asarray(H, float), np.asarray(c, float), np.asarray(r, float)
+    L = means.shape[1]
+    n, D = y.shape
+    # Stack every observed scalar: its mean, its covariance with every chain point, noise.
+    rows, ymean, yobs, noise, owner = [], [], [], [], []
+    for i in range(n):
+        for d in range(D):
+            if mask[i, d]:
+                sel = np.zeros(means.size)
+                sel[points[i] * L : (points[i] + 1) * L] = H[d]
+                rows.append(sel)
+                ymean.append(H[d] @ means[points[i]] + c[d])
+                yobs.append(y[i, d])
+                noise.append(r[d] ** 2)
+                owner.append(i)
+    R = np.array(rows).reshape(-1, means.size)
+    Syy = R @ cov @ R.T + np.diag(noise)
+    Szy = cov @ R.T
+    ymean, yobs, owner = np.array(ymean), np.array(yobs), np.array(owner)
+    loglik = stats.multivariate_normal(ymean, Syy).logpdf(yobs) if len(yobs) else 0.0
+    fm, fc = [], []
+    for i in range(n):
+        k = owner <= i
+        blk = slice(points[i] * L, (points[i] + 1) * L)
+        mz, Pz = means[points[i]], cov[blk, blk]
+        if k.any():
+            gain = np.linalg.solve(Syy[np.ix_(k, k)], Szy[blk][:, k].T).T
+            mz = mz + gain @ (yobs[k] - ymean[k])
+            Pz = Pz - gain @ Szy[blk][:, k].T
+        fm.append(mz)
+        fc.append(Pz)
+    return float(loglik), np.array(fm), np.array(fc)
 
 
 def ou_mle(times_list, values_list, start=(1.0, 0.5, 0.1, 0.0)):
@@ -93,11 +161,14 @@ def ou_mle(times_list, values_list, start=(1.0, 0.5, 0.1, 0.0)):
     """
     from scipy.optimize import minimize
 
+    from bayesdyn.data import IrregularTimeSeries
+
+    batch = IrregularTimeSeries(times_list, values_list).to_batch(torch.float64)
     x0 = [math.log(start[0]), math.log(start[1]), math.log(start[2]), start[3]]
     res = minimize(
         ou_series_nll,
         x0,
-        args=(times_list, values_list),
+        args=(batch,),
         method="Nelder-Mead",
         options=dict(maxiter=4000, xatol=1e-6, fatol=1e-8),
     )
@@ -105,7 +176,7 @@ def ou_mle(times_list, values_list, start=(1.0, 0.5, 0.1, 0.0)):
     h = 1e-3
     n = len(x)
     hess = np.zeros((n, n))
-    f = lambda v: ou_series_nll(v, times_list, values_list)  # noqa: E731
+    f = lambda v: ou_series_nll(v, batch)  # noqa: E731
     for i in range(n):
         for j in range(n):
             e_i, e_j = np.eye(n)[i] * h, np.eye(n)[j] * h
