@@ -405,7 +405,7 @@ class IrregularTimeSeries:
                 raise BayesdynValueError(
                     f"series {ids[i]!r}: time column {time_col!r} has a missing or non-finite time"
                 )
-            dup = np.flatnonzero(np.diff(t) == 0)
+            dup = np.flatnonzero(t[1:] == t[:-1])
             if dup.size:
                 raise BayesdynValueError(
                     f"series {ids[i]!r}: duplicate time {t[dup[0]]} (two rows with "
@@ -539,6 +539,8 @@ class IrregularTimeSeries:
         def _f(a: np.ndarray) -> torch.Tensor:
             return torch.as_tensor(a, device=device).to(dtype)
 
+        if dtype != torch.float64:
+            _check_representable(dtype, times, values, mask, cov, lengths)
         return IrregularBatch(
             times=_f(times),
             values=_f(values),
@@ -942,6 +944,64 @@ class IrregularTimeSeries:
         )
 
 
+def _check_representable(
+    dtype: Any,
+    times: np.ndarray,
+    values: np.ndarray,
+    mask: np.ndarray,
+    cov: Optional[np.ndarray],
+    lengths: np.ndarray,
+) -> None:
+    """Refuse a cast to a narrower float dtype that would silently change the data.
+
+    A float64 value beyond the dtype's range becomes inf, and distinct float64 times can round
+    to the same value, so valid rows would no longer be strictly increasing.
+    """
+    import torch
+
+    np_dtype = torch.empty((), dtype=dtype).numpy().dtype if dtype != torch.bfloat16 else None
+    with np.errstate(over="ignore"):
+        if np_dtype is None:  # bfloat16 has no numpy dtype: round through torch
+
+            def cast(a: np.ndarray) -> np.ndarray:
+                return torch.from_numpy(a).to(dtype).to(torch.float64).numpy()
+        else:
+
+            def cast(a: np.ndarray) -> np.ndarray:
+                return a.astype(np_dtype).astype(np.float64)
+
+        hint = "standardize the data first (IrregularTimeSeries.standardize) or use dtype=torch.float64"
+        for name, arr, keep in (("values", values, mask), ("covariates", cov, None)):
+            if arr is None:
+                continue
+            bad = ~np.isfinite(cast(arr))
+            if keep is not None:
+                bad &= keep
+            if bad.any():
+                b, r, d = (int(a) for a in np.argwhere(bad)[0])
+                raise BayesdynValueError(
+                    f"to_batch(dtype={dtype}): series {b}: {name}[{r}, {d}]={arr[b, r, d]} "
+                    f"overflows {dtype}; {hint}"
+                )
+        t = cast(times)
+        if not np.isfinite(t).all():
+            b, r = (int(a) for a in np.argwhere(~np.isfinite(t))[0])
+            raise BayesdynValueError(
+                f"to_batch(dtype={dtype}): series {b}: times[{r}]={times[b, r]} overflows "
+                f"{dtype}; {hint}"
+            )
+        if t.shape[1] > 1:
+            valid = np.arange(1, t.shape[1])[None, :] < lengths[:, None]
+            bad = (t[:, 1:] <= t[:, :-1]) & valid
+            if bad.any():
+                b, r = (int(a) for a in np.argwhere(bad)[0])
+                raise BayesdynValueError(
+                    f"to_batch(dtype={dtype}): series {b}: times[{r + 1}]={times[b, r + 1]!r} "
+                    f"and times[{r}]={times[b, r]!r} round to the same {dtype} value; shift or "
+                    "rescale the times (e.g. subtract the start time) or use dtype=torch.float64"
+                )
+
+
 def _numeric_column(df: pd.DataFrame, col: Any, what: str) -> np.ndarray:
     import pandas as pd
 
@@ -977,7 +1037,8 @@ def _check_times(i: int, t: np.ndarray) -> None:
         k = int(np.flatnonzero(~fin)[0])
         raise BayesdynValueError(f"series {i}: times must be finite; times[{k}]={t[k]}")
     if t.shape[0] > 1:
-        bad = np.flatnonzero(np.diff(t) <= 0)
+        # Compare neighbours instead of np.diff, which overflows (a warning) for huge times.
+        bad = np.flatnonzero(t[1:] <= t[:-1])
         if bad.size:
             k = int(bad[0]) + 1
             if t[k] == t[k - 1]:
