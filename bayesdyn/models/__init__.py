@@ -1,6 +1,7 @@
 """Pyro models: path distributions, networks and the ready-made ``LatentSDE``."""
 
 from .base import AbstractSDE, FunctionalSDE
+from .filter_encoder import FilterEncoder
 from .latent_sde import (
     OBS_SITE,
     PATH_SITE,
@@ -29,6 +30,7 @@ __all__ = [
     "AbstractSDE",
     "DiagonalDiffusion",
     "DriftNet",
+    "FilterEncoder",
     "FirstKEncoder",
     "FunctionalSDE",
     "GRUEncoder",

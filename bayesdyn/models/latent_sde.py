@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from .._validation import BayesdynTypeError, BayesdynValueError
 from ..solvers import UnionGrid, gather_on_grid, make_union_grid
 from .base import AbstractSDE
+from .filter_encoder import FilterEncoder
 from .nets import (
     DiagonalDiffusion,
     DriftNet,
@@ -71,7 +72,9 @@ class LatentSDEConfig:
         latent_dim: latent dimensions ``L``.
         hidden_dim: width of the drift networks.
         context_dim: encoder context size ``C``.
-        encoder: ``"gru"`` (reverse-time GRU over all observations: a smoother) or
+        encoder: ``"gru"`` (reverse-time GRU over all observations: a smoother),
+            ``"filter"`` (causal ODE-RNN / GRU-ODE-Bayes encoder of past observations: a
+            filter, which also streams; see :class:`~bayesdyn.models.FilterEncoder`) or
             ``"first_k"`` (MLP over the first ``num_context_obs`` observations).
         num_context_obs: ``k`` for ``encoder="first_k"``.
         encoder_hidden_dim: GRU/MLP width of the encoder (default ``hidden_dim``).
@@ -100,7 +103,7 @@ class LatentSDEConfig:
     latent_dim: int = 4
     hidden_dim: int = 64
     context_dim: int = 16
-    encoder: Literal["gru", "first_k"] = "gru"
+    encoder: Literal["gru", "first_k", "filter"] = "gru"
     num_context_obs: int = 3
     encoder_hidden_dim: int | None = None
     decoder: Literal["gaussian", "student_t"] = "gaussian"
@@ -126,8 +129,10 @@ class LatentSDEConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise BayesdynValueError(f"{name} must be a positive integer; got {v!r}")
-        if self.encoder not in ("gru", "first_k"):
-            raise BayesdynValueError(f"encoder must be 'gru' or 'first_k'; got {self.encoder!r}")
+        if self.encoder not in ("gru", "first_k", "filter"):
+            raise BayesdynValueError(
+                f"encoder must be 'gru', 'first_k' or 'filter'; got {self.encoder!r}"
+            )
         if self.decoder not in ("gaussian", "student_t"):
             raise BayesdynValueError(
                 f"decoder must be 'gaussian' or 'student_t'; got {self.decoder!r}"
@@ -316,6 +321,8 @@ class LatentSDE(PyroModule):
         enc_h = c.encoder_hidden_dim or H
         if c.encoder == "gru":
             self.encoder = GRUEncoder(c.obs_dim, enc_h, C)
+        elif c.encoder == "filter":
+            self.encoder = FilterEncoder(c.obs_dim, enc_h, C)
         else:
             self.encoder = FirstKEncoder(c.obs_dim, c.num_context_obs, enc_h, C)
         self.qz0_net = nn.Linear(C, 2 * L)
