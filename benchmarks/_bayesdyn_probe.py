@@ -29,10 +29,21 @@ def make_batch(ts: torch.Tensor, xs: torch.Tensor) -> IrregularBatch:
     return IrregularBatch(times, values, mask, lengths)
 
 
-def make_model(data_size: int, latent: int, hidden: int, context: int, dt: float) -> LatentSDE:
+def make_model(
+    data_size: int,
+    latent: int,
+    hidden: int,
+    context: int,
+    dt: float,
+    step_rounding: str = "nearest",
+) -> LatentSDE:
     """LatentSDE with the reference's widths: drift MLPs (2 x hidden, softplus), GRU encoder of
     width ``hidden``, per-dimension diffusion nets of width ``hidden``, linear decoder with a
-    fixed observation scale of 0.01."""
+    fixed observation scale of 0.01.
+
+    ``step_rounding="nearest"`` gives the reference's number of Euler steps (torchsde steps by
+    ``dt`` and interpolates at observation times: 200 steps on [0, 2]; we split each 0.0202 gap
+    into 2 steps: 198). ``"ceil"``, the library default, keeps every step <= dt (297 steps)."""
     return LatentSDE(
         data_size,
         latent_dim=latent,
@@ -48,6 +59,7 @@ def make_model(data_size: int, latent: int, hidden: int, context: int, dt: float
         num_layers=2,
         activation="softplus",
         dt=dt,
+        step_rounding=step_rounding,
         t0=0.0,
         # the reference's posterior drift reads only the GRU context: no extra inputs
         next_obs_features=False,
@@ -65,12 +77,13 @@ def make_step_fn(model: LatentSDE, batch: IrregularBatch, lr: float = 1e-2):
     )
 
 
-def memory_probe(seed: int = 0, **config):
+def memory_probe(seed: int = 0, step_rounding: str = "nearest", **config):
     """Build model + data and return a zero-argument training-step callable (see the
     reference's ``memory_probe``)."""
     import _harness
 
     c, ts, xs = _harness.probe_data(config, seed)
     torch.manual_seed(seed)
-    model = make_model(c["data_size"], c["latent"], c["hidden"], c["context"], c["dt"])
+    arch = (c["data_size"], c["latent"], c["hidden"], c["context"], c["dt"])
+    model = make_model(*arch, step_rounding=step_rounding)
     return make_step_fn(model, make_batch(ts, xs))

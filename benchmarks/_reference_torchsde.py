@@ -144,6 +144,19 @@ def reference_loss(module: ReferenceLatentSDE, xs: torch.Tensor, ts: torch.Tenso
     return -log_pxs + kl
 
 
+def num_steps(module: ReferenceLatentSDE, xs: torch.Tensor, ts: torch.Tensor) -> int:
+    """Euler steps torchsde takes for one forward pass (counted as prior-drift calls)."""
+    calls = []
+    h = module.h
+    module.h = lambda t, y: calls.append(1) or h(t, y)
+    try:
+        with torch.no_grad():
+            module(xs[:, :2], ts)
+    finally:
+        del module.h
+    return len(calls)
+
+
 def make_step_fn(module: ReferenceLatentSDE, xs: torch.Tensor, ts: torch.Tensor, lr: float = 1e-2):
     """One Adam training iteration (forward + backward + step), as in the example's loop."""
     import _harness  # benchmarks/ is on sys.path in benchmark scripts

@@ -14,7 +14,14 @@ Two configurations:
 For each, one training iteration (forward + backward + Adam step) is timed for bayesdyn and
 for the torchsde reference in alternating rounds (so both see the same machine noise), peak
 memory of each is measured in a fresh subprocess, and posterior-predictive sampling
-throughput of bayesdyn's guide is reported.  The last two lines are
+throughput of bayesdyn's guide is reported.
+
+Step counts: torchsde's fixed-step Euler steps by ``dt`` from ``t0`` and linearly interpolates
+at the observation times (200 steps on [0, 2]). bayesdyn puts every observation time on its
+grid (the likelihood is exact at them) and splits the 0.0202 gaps into equal steps: with
+``step_rounding="nearest"`` into 2 (198 steps, the like-for-like comparison, used for the
+ratios on the last two lines), with the library default ``"ceil"`` into 3 (297 steps, every
+step <= dt). Both are timed and printed.  The last two lines are
 ``ratio_vs_torchsde_lorenz=<x>`` and ``ratio_vs_torchsde=<x>`` (ours / reference time, small
 config), lower is better.
 """
@@ -63,27 +70,37 @@ def _build(cfg: dict, seed: int):
     arch = (cfg["data_size"], cfg["latent"], cfg["hidden"], cfg["context"], cfg["dt"])
     torch.manual_seed(seed)
     reference = ref.make_reference(*arch)
-    torch.manual_seed(seed)
-    model = ours.make_model(*arch)
+    models = {}
+    for rounding in ROUNDINGS:
+        torch.manual_seed(seed)
+        models[rounding] = ours.make_model(*arch, step_rounding=rounding)
     batch = ours.make_batch(ts, xs)
-    return ts, xs, reference, model, batch
+    return ts, xs, reference, models, batch
 
 
-def time_alternating(step_a, step_b, warmup: int, rounds: int, per_round: int = 1):
-    """Median seconds per call of two step functions timed in alternating rounds."""
+ROUNDINGS = ("nearest", "ceil")
+
+
+def time_alternating(*steps, warmup: int, rounds: int, per_round: int = 1) -> list[float]:
+    """Median seconds per call of step functions timed in rotating-order rounds."""
     _harness.configure_torch()
     for _ in range(warmup):
-        step_a()
-        step_b()
-    times_a, times_b = [], []
+        for fn in steps:
+            fn()
+    times = [[] for _ in steps]
+    n = len(steps)
     for r in range(rounds):
-        order = ((step_a, times_a), (step_b, times_b))
-        for fn, out in order if r % 2 == 0 else order[::-1]:
+        for j in range(n):
+            i = (j + r) % n
             for _ in range(per_round):
                 t0 = time.perf_counter()
-                fn()
-                out.append(time.perf_counter() - t0)
-    return statistics.median(times_a), statistics.median(times_b)
+                steps[i]()
+                times[i].append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in times]
+
+
+def _num_steps(model, batch) -> int:
+    return model.make_grid(batch).grid.numel() - 1
 
 
 def sampling_throughput(model, batch, num_samples: int, repeats: int) -> dict:
@@ -106,15 +123,23 @@ def sampling_throughput(model, batch, num_samples: int, repeats: int) -> dict:
 
 
 def run_config(name: str, cfg: dict, args) -> dict:
-    ts, xs, reference, model, batch = _build(cfg, args.seed)
+    ts, xs, reference, models, batch = _build(cfg, args.seed)
+    model = models["nearest"]
     n_ref, n_ours = _num_params(reference), _num_params(model)
     print(f"[{name}] parameters: bayesdyn {n_ours}, torchsde reference {n_ref}", flush=True)
-    step_ours = ours.make_step_fn(model, batch)
-    step_ref = ref.make_step_fn(reference, xs, ts)
+    ref_steps = ref.num_steps(reference, xs, ts)
+    steps = [ours.make_step_fn(models[r], batch) for r in ROUNDINGS]
+    steps.append(ref.make_step_fn(reference, xs, ts))
     rounds = 3 if args.quick else 7
     warmup = 1 if args.quick else 2
-    t_ours, t_ref = time_alternating(step_ours, step_ref, warmup=warmup, rounds=rounds)
-    print(f"[{name}] step: bayesdyn {t_ours:.4f}s, torchsde {t_ref:.4f}s", flush=True)
+    *t_by_rounding, t_ref = time_alternating(*steps, warmup=warmup, rounds=rounds)
+    t_ours = t_by_rounding[0]
+    for r, t in zip(ROUNDINGS, t_by_rounding, strict=True):
+        print(
+            f"[{name}] step: bayesdyn ({r}, {_num_steps(models[r], batch)} Euler steps) "
+            f"{t:.4f}s = {t / t_ref:.3f}x torchsde ({ref_steps} drift calls) {t_ref:.4f}s",
+            flush=True,
+        )
 
     probe_kwargs = dict(cfg, seed=args.seed)
     mem_ours = _harness.peak_rss_in_subprocess("_bayesdyn_probe:memory_probe", probe_kwargs)

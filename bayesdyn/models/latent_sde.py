@@ -95,7 +95,11 @@ class LatentSDEConfig:
             concentrate at an observation within a few solver steps.
         num_layers: hidden layers of the drift networks.
         activation: activation of the drift networks.
-        dt: largest solver step.
+        dt: solver step size (see ``step_rounding``).
+        step_rounding: ``"ceil"`` (default): gaps between grid times are split so that no
+            step exceeds ``dt``; ``"nearest"``: into ``round(gap / dt)`` equal steps, so steps
+            average ``dt`` like torchsde's fixed-step solvers (see
+            :func:`bayesdyn.solvers.make_union_grid`).
         t0: time of the initial state (default: the batch's earliest time).
     """
 
@@ -122,6 +126,7 @@ class LatentSDEConfig:
     num_layers: int = 2
     activation: str = "softplus"
     dt: float = 0.05
+    step_rounding: Literal["ceil", "nearest"] = "ceil"
     t0: float | None = None
 
     def __post_init__(self):
@@ -139,6 +144,10 @@ class LatentSDEConfig:
             )
         if not (isinstance(self.dt, (int, float)) and math.isfinite(self.dt) and self.dt > 0):
             raise BayesdynValueError(f"dt must be a finite positive number; got {self.dt!r}")
+        if self.step_rounding not in ("ceil", "nearest"):
+            raise BayesdynValueError(
+                f"step_rounding must be 'ceil' or 'nearest'; got {self.step_rounding!r}"
+            )
 
     @classmethod
     def from_dict(cls, d: dict) -> LatentSDEConfig:
@@ -380,7 +389,11 @@ class LatentSDE(PyroModule):
     def make_grid(self, batch, query_times: Tensor | None = None) -> UnionGrid:
         """The solver grid for a batch (and query times). Shapes: ``grid [U]``."""
         return make_union_grid(
-            batch.times, query_times=query_times, dt=self.config.dt, t0=self.config.t0
+            batch.times,
+            query_times=query_times,
+            dt=self.config.dt,
+            t0=self.config.t0,
+            rounding=self.config.step_rounding,
         )
 
     def _grid_inputs(self, batch, grid: Tensor) -> Tensor | None:

@@ -53,6 +53,7 @@ def make_union_grid(
     query_times: Tensor | None = None,
     dt: float | None = None,
     t0: float | None = None,
+    rounding: str = "ceil",
 ) -> UnionGrid:
     """Build the sorted union grid of a batch's observation times and optional query times.
 
@@ -60,7 +61,13 @@ def make_union_grid(
         times: observation times of each series (padding may repeat a series' last time).
         query_times: extra times at which the path is wanted (interpolation or forecast),
             shared by all series (``[Q]``) or per series (``[B, Q]``).
-        dt: largest allowed step; gaps longer than ``dt`` are split into equal sub-steps.
+        dt: step size; gaps longer than ``dt`` are split into equal sub-steps.
+        rounding: how many sub-steps a gap gets. ``"ceil"`` (default) takes
+            ``ceil(gap / dt)``, so no step exceeds ``dt``. ``"nearest"`` takes
+            ``max(1, round(gap / dt))``, so steps average ``dt`` as in torchsde's fixed-step
+            solvers (which step by ``dt`` and interpolate at the output times): a step can
+            reach ``1.5 * dt`` but a path over ``[t0, t1]`` takes about ``(t1 - t0) / dt``
+            steps instead of up to twice as many when observation gaps are just over ``dt``.
         t0: start of the grid (where the initial state lives); must not exceed the earliest
             time. Defaults to the earliest observation or query time.
 
@@ -72,10 +79,12 @@ def make_union_grid(
         - ``query_times``: ``[Q]`` or ``[B, Q]``.
 
     Raises:
-        BayesdynValueError: if ``dt`` is not positive, ``t0`` lies after the first time, or
-            times are not finite.
+        BayesdynValueError: if ``dt`` is not positive, ``t0`` lies after the first time,
+            ``rounding`` is unknown, or times are not finite.
     """
     _check_times("times", times)
+    if rounding not in _ROUNDINGS:
+        raise BayesdynValueError(f"rounding must be one of {_ROUNDINGS}; got {rounding!r}")
     if times.dim() == 1:
         times = times.unsqueeze(0)
     if times.dim() != 2:
@@ -108,7 +117,7 @@ def make_union_grid(
     if dt is not None:
         if not (isinstance(dt, (int, float)) and math.isfinite(dt) and dt > 0):
             raise BayesdynValueError(f"dt must be a finite positive number; got {dt!r}")
-        knots = _refine(knots, float(dt))
+        knots = _refine(knots, float(dt), rounding)
     index = torch.searchsorted(knots, times.contiguous())
     qindex = None
     if query_times is not None:
@@ -116,13 +125,21 @@ def make_union_grid(
     return UnionGrid(knots, index, qindex)
 
 
-def _refine(knots: Tensor, dt: float) -> Tensor:
-    """Insert equally spaced points into every gap longer than ``dt`` (vectorised)."""
+_ROUNDINGS = ("ceil", "nearest")
+
+
+def _refine(knots: Tensor, dt: float, rounding: str = "ceil") -> Tensor:
+    """Insert equally spaced points into gaps longer than ``dt`` (vectorised; see
+    :func:`make_union_grid` for ``rounding``)."""
     if knots.numel() < 2:
         return knots
     gaps = knots[1:] - knots[:-1]
     # Number of sub-steps per gap; the 1e-9 slack keeps a gap of exactly k*dt at k steps.
-    nsub = torch.ceil(gaps / dt - 1e-9).clamp(min=1).long()
+    if rounding == "ceil":
+        nsub = torch.ceil(gaps / dt - 1e-9)
+    else:
+        nsub = torch.floor(gaps / dt + 0.5)
+    nsub = nsub.clamp(min=1).long()
     if bool((nsub == 1).all()):
         return knots
     starts = torch.repeat_interleave(knots[:-1], nsub)

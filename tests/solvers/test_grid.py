@@ -30,6 +30,26 @@ def test_exact_multiple_of_dt_is_not_oversplit():
     assert g.grid.numel() == 5
 
 
+def test_nearest_rounding_averages_dt():
+    # Gaps of 0.0202 (100 times on [0, 2]) with dt=0.01: "ceil" needs 3 sub-steps each,
+    # "nearest" takes round(2.02) = 2, i.e. 198 steps over [0, 2] as torchsde's ~200.
+    times = torch.linspace(0.0, 2.0, 100, dtype=torch.float64).unsqueeze(0)
+    ceil = make_union_grid(times, dt=0.01)
+    near = make_union_grid(times, dt=0.01, rounding="nearest")
+    assert ceil.grid.numel() - 1 == 99 * 3
+    assert near.grid.numel() - 1 == 99 * 2
+    assert torch.equal(near.grid[near.index], times)
+    # Mixed gaps: 0.05 -> 1 step, 0.14 -> 1 step (round 1.4), 0.16 -> 2, 0.37 -> 4 (round 3.7).
+    g = make_union_grid(
+        torch.tensor([[0.0, 0.05, 0.19, 0.35, 0.72]], dtype=torch.float64),
+        dt=0.1,
+        rounding="nearest",
+    )
+    steps = g.grid[1:] - g.grid[:-1]
+    assert g.grid.numel() - 1 == 1 + 1 + 2 + 4
+    assert float(steps.max()) <= 1.5 * 0.1 + 1e-12
+
+
 def test_t0_prepends_start():
     g = make_union_grid(torch.tensor([[1.0, 2.0]]), t0=0.0)
     assert g.grid.tolist() == [0.0, 1.0, 2.0]
@@ -53,6 +73,10 @@ def test_single_series_promoted():
     [
         (dict(dt=0.0), "dt must be a finite positive number; got 0.0"),
         (dict(dt=float("nan")), "dt must be a finite positive number"),
+        (
+            dict(dt=0.1, rounding="floor"),
+            r"rounding must be one of \('ceil', 'nearest'\); got 'floor'",
+        ),
         (dict(t0=0.5), r"t0 must not exceed the earliest time 0.0; got t0=0.5"),
         (dict(query_times=torch.tensor([[1.0]])), "query_times has 1 rows, times has 2 series"),
     ],
