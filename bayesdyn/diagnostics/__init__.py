@@ -1,5 +1,36 @@
-"""Diagnostics: forecast scores and calibration (ArviZ conversion lives here too)."""
+"""Diagnostics: forecast scores, calibration, ArviZ conversion and the HTML report.
 
-from .metrics import calibration_table, crps_ensemble, interval_coverage, pit_values
+``_arviz`` is the only module of bayesdyn that imports ArviZ.
+"""
 
-__all__ = ["calibration_table", "crps_ensemble", "interval_coverage", "pit_values"]
+from .inference_data import to_inference_data
+from .lfo import rolling_origin
+from .metrics import (
+    CalibrationError,
+    calibration_error,
+    calibration_table,
+    coverage_flags,
+    crps_ensemble,
+    crps_normal,
+    energy_score,
+    interval_coverage,
+    mixture_nll,
+    nll,
+    pit_values,
+)
+
+__all__ = [
+    "CalibrationError",
+    "calibration_error",
+    "calibration_table",
+    "coverage_flags",
+    "crps_ensemble",
+    "crps_normal",
+    "energy_score",
+    "interval_coverage",
+    "mixture_nll",
+    "nll",
+    "pit_values",
+    "rolling_origin",
+    "to_inference_data",
+]

@@ -1,0 +1,355 @@
+"""``to_inference_data``: posterior draws of latent SDE fits as native ArviZ groups.
+
+Layout (dimension names in brackets; ``E`` members map to chains, ``S`` draws to draws):
+
+=====================  ==========  ==============================================================
+group                  variable    dims
+=====================  ==========  ==============================================================
+posterior              z           (chain, draw, series, time, latent_dim), float ``time``
+posterior              z0          (chain, draw, series, latent_dim), the state at ``t0``
+posterior              obs_scale   (chain, draw, channel), observation scale (data units)
+posterior              diffusion   (chain, draw, latent_dim), RMS of ``g(z)`` along the path
+posterior_predictive   obs         (chain, draw, observation), replicated data at the data points
+posterior_predictive   y           (chain, draw, series, time, channel), bands on ``time``
+predictions            y           (chain, draw, series, forecast_time, channel)
+log_likelihood         obs         (chain, draw, observation), pointwise ``log p(y_i | z)``
+sample_stats           elbo        (chain, draw), one-particle ELBO estimate of the member
+observed_data          obs         (observation), observed values only
+constant_data          observation_time (observation); last_observed (series)
+=====================  ==========  ==============================================================
+
+``observation`` enumerates the observed (series, time, channel) triples (masked values are
+left out), with non-dimension coordinates ``obs_series``, ``obs_time`` and ``obs_channel``; so
+``az.loo``, ``az.waic``, ``az.plot_ppc(var_names=["obs"])`` and ``az.plot_loo_pit`` work
+directly, and ``az.plot_ts(idata, y="obs", x="observation_time")`` plots one series and channel (select
+it with ``idata.isel(observation=...)``).
+
+The observation scale is a fitted parameter of each member (variational inference gives a
+point estimate), so it is constant along draws and varies only across members; the diffusion
+level, ``z0`` and ``z`` vary along draws.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .._validation import BayesdynTypeError, BayesdynValueError
+from ..inference import PathELBO, Trajectories, posterior_predictive
+
+__all__ = ["to_inference_data"]
+
+
+def _members(source) -> list:
+    """The fitted models that become chains."""
+    members = getattr(source, "members", None)  # an ensemble object exposing its members
+    if members is not None:
+        source = list(members)
+    if isinstance(source, (list, tuple)):
+        if not source:
+            raise BayesdynValueError("source is an empty sequence of models; need at least one")
+        models = list(source)
+    else:
+        models = [source]
+    for i, m in enumerate(models):
+        if not (callable(getattr(m, "model", None)) and callable(getattr(m, "guide", None))):
+            raise BayesdynTypeError(
+                "source must be Trajectories, a fitted model with .model/.guide (e.g. "
+                f"LatentSDE), or a sequence of them; item {i} is {type(m).__name__}"
+            )
+    return models
+
+
+def _times_arg(name: str, x) -> np.ndarray | None:
+    if x is None:
+        return None
+    try:
+        a = np.asarray(x.detach().cpu() if isinstance(x, Tensor) else x, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise BayesdynTypeError(f"{name} must be a 1-D array of floats; got {x!r}") from e
+    if a.ndim != 1 or a.size == 0 or not np.isfinite(a).all() or (np.diff(a) <= 0).any():
+        raise BayesdynValueError(
+            f"{name} must be a non-empty, finite, strictly increasing 1-D array [Q]; got shape "
+            f"{a.shape}" + (f" with values {a[:6].tolist()}..." if a.ndim == 1 else "")
+        )
+    return a
+
+
+def _ids(series) -> np.ndarray:
+    ids = np.asarray(list(series.ids))
+    return ids.astype(str) if ids.dtype == object else ids
+
+
+def _observation_table(series, scaler) -> dict[str, np.ndarray]:
+    """The observed (series, time, channel) triples in batch order ``[B, T, D]`` (row-major)."""
+    batch = series.to_batch(dtype=torch.float64)
+    mask = batch.mask.numpy()
+    b, t, d = np.nonzero(mask)
+    return {
+        "b": b,
+        "t": t,
+        "d": d,
+        "series": _ids(series)[b],
+        "time": batch.times.numpy()[b, t],
+        "channel": np.asarray(series.channels, dtype=str)[d],
+        "value": batch.values.numpy()[b, t, d],
+    }
+
+
+def _draw_elbo(model, batch, num_draws: int) -> np.ndarray:
+    """One-particle ELBO estimates ``[S]`` (nats, whole data set) with the low-variance path KL."""
+    elbo = PathELBO(max_plate_nesting=getattr(model, "max_plate_nesting", 2))
+    out = np.empty(num_draws)
+    with torch.no_grad():
+        for s in range(num_draws):
+            out[s] = -elbo.loss(model.model, model.guide, batch)
+    return out
+
+
+def _member_draws(
+    model, scaled, scaler, times, forecast_times, num_samples, seed, chunk_size, with_elbo
+) -> dict[str, np.ndarray]:
+    """All per-draw quantities of one member, in data units."""
+    dtype = next(model.parameters()).dtype
+    batch = scaled.to_batch(dtype=dtype)
+    B, T = batch.times.shape
+    t0 = float(model.make_grid(batch).grid[0])
+    extra = [np.asarray(times)]
+    if forecast_times is not None:
+        extra.append(forecast_times)
+    extra.append(np.array([t0]))
+    shared = torch.as_tensor(np.concatenate(extra), dtype=dtype).expand(B, -1)
+    # One posterior_predictive call for every time we need, so that z at the observations, on
+    # the plotting grid, at t0 and in the forecast window all come from the same sampled path.
+    query = torch.cat([batch.times, shared], 1)
+    traj = posterior_predictive(model, batch, query, num_samples, chunk_size=chunk_size, seed=seed)
+    lat, obs = traj.latent, traj.observations  # [S, B, Qtot, L], [S, B, Qtot, D]
+    Q = len(times)
+    out: dict[str, Any] = {}
+    lat_obs = lat[:, :, :T]
+    out["z"] = lat[:, :, T : T + Q]
+    out["z0"] = lat[:, :, -1]
+    pred = obs if scaler is None else scaler.inverse_values(obs)
+    out["obs_rep"] = pred[:, :, :T]
+    out["y"] = pred[:, :, T : T + Q]
+    if forecast_times is not None:
+        out["y_forecast"] = pred[:, :, T + Q : -1]
+    decoder = getattr(model, "decoder", None)
+    if decoder is not None:
+        with torch.no_grad():
+            lp = decoder(lat_obs).log_prob(batch.values)  # [S, B, T, D] per channel
+            if scaler is not None:  # density of y = std * y_scaled + mean: subtract log std
+                lp = lp - torch.as_tensor(np.log(scaler.std), dtype=lp.dtype)
+            out["log_lik"] = lp
+            if hasattr(decoder, "scale"):
+                scale = decoder.scale().expand(num_samples, -1)
+                out["obs_scale"] = scale if scaler is None else scaler.inverse_std(scale)
+    diffusion = getattr(model, "diffusion", None)
+    if callable(diffusion):
+        with torch.no_grad():
+            g = diffusion(out["z"])  # [S, B, Q, L]
+        out["diffusion"] = g.pow(2).mean((1, 2)).sqrt()
+    if with_elbo:
+        out["elbo"] = _draw_elbo(model, batch, num_samples)
+    # float64 for ArviZ: PSIS fits a generalised Pareto tail to log-weights, and float32 ties
+    # in a short tail make that fit divide by zero.
+    return {
+        k: np.asarray(v.detach().cpu().double().numpy() if isinstance(v, Tensor) else v, float)
+        for k, v in out.items()
+    }
+
+
+def to_inference_data(
+    source,
+    data,
+    *,
+    times=None,
+    forecast_times=None,
+    scaler=None,
+    num_samples: int = 100,
+    num_times: int = 100,
+    elbo: bool = True,
+    seed: int = 0,
+    chunk_size: int = 64,
+):
+    """Posterior draws of fitted latent SDEs (or sampled trajectories) as ArviZ ``InferenceData``.
+
+    Ensemble members become chains (``[E, S, ...] -> (chain, draw, ...)``); a single fit is one
+    chain. See the module docstring for the groups and dimension names.
+
+    Main arguments:
+        source: a fitted model (e.g. :class:`~bayesdyn.models.LatentSDE`), a sequence of
+            fitted models (ensemble members; or an object with a ``members`` sequence), or
+            :class:`~bayesdyn.inference.Trajectories`.
+        data: the :class:`~bayesdyn.data.IrregularTimeSeries` the fit conditions on, in data
+            units when ``scaler`` is given (it is standardised with it before conditioning).
+        times: float times ``[Q]`` of the ``time`` coordinate (latent path and predictive
+            bands); default ``num_times`` points from ``t0`` to the last observation.
+        forecast_times: float times ``[F]`` of the ``predictions`` group (``forecast_time``);
+            default none (no ``predictions`` group).
+        scaler: the :class:`~bayesdyn.data.Scaler` the model was trained with; outputs,
+            ``obs_scale`` and log-likelihoods are then in data units.
+
+    Other arguments:
+        num_samples: draws per chain ``S``.
+        elbo: compute ``sample_stats.elbo`` (one extra model+guide pass per draw).
+        seed: draws of member ``e`` use seed ``seed + e``.
+        chunk_size: draws sampled per vectorised pass.
+
+    For ``Trajectories`` the latent path and predictive come from the trajectories: times up to
+    the last observation of every series form ``time``, later ones ``forecast_time``; there is
+    no model, so ``log_likelihood``, ``sample_stats`` and the global quantities are absent.
+
+    Returns:
+        ``arviz.InferenceData``.
+
+    Shapes:
+        ``z (E, S, B, Q, L)``, ``y (E, S, B, Q, D)``, predictions ``(E, S, B, F, D)``,
+        ``obs``/``log_likelihood`` ``(E, S, N)`` for ``N`` observed values.
+    """
+    from ..data import IrregularTimeSeries, Scaler
+    from . import _arviz  # imported on use: ArviZ takes seconds to import
+
+    if not isinstance(data, IrregularTimeSeries):
+        raise BayesdynTypeError(f"data must be an IrregularTimeSeries; got {type(data).__name__}")
+    if scaler is not None and not isinstance(scaler, Scaler):
+        raise BayesdynTypeError(f"scaler must be a Scaler or None; got {type(scaler).__name__}")
+    if not (isinstance(num_samples, int) and num_samples >= 2):
+        raise BayesdynValueError(f"num_samples must be an integer >= 2; got {num_samples!r}")
+    if not (isinstance(num_times, int) and num_times >= 2):
+        raise BayesdynValueError(f"num_times must be an integer >= 2; got {num_times!r}")
+    table = _observation_table(data, scaler)
+    ids = _ids(data)
+    coords: dict[str, Any] = {
+        "series": ids,
+        "channel": np.asarray(data.channels, dtype=str),
+        "observation": np.arange(table["value"].size),
+        "obs_series": (("observation",), table["series"]),
+        "obs_time": (("observation",), table["time"]),
+        "obs_channel": (("observation",), table["channel"]),
+    }
+    last = np.array([t[-1] for t in data.times], dtype=np.float64)
+    observed = {"obs": (["observation"], table["value"])}
+    constant = {
+        "observation_time": (["observation"], table["time"]),
+        "last_observed": (["series"], last),
+    }
+    if isinstance(source, Trajectories):
+        groups, num_chains = _from_trajectories(source, data, coords, last)
+        groups["observed_data"] = observed
+        groups["constant_data"] = constant
+        return _arviz.make_inference_data(groups, coords, {"num_chains": num_chains})
+
+    models = _members(source)
+    times = _times_arg("times", times)
+    forecast_times = _times_arg("forecast_times", forecast_times)
+    scaled = data if scaler is None else data.standardize(scaler)[0]
+    draws = []
+    for e, model in enumerate(models):
+        if times is None:
+            t0 = float(model.make_grid(scaled.to_batch()).grid[0])
+            times = np.linspace(t0, float(last.max()), num_times)
+        draws.append(
+            _member_draws(
+                model,
+                scaled,
+                scaler,
+                times,
+                forecast_times,
+                num_samples,
+                seed + e,
+                chunk_size,
+                elbo,
+            )
+        )
+    st = {k: np.stack([d[k] for d in draws]) for k in draws[0]}  # [E, S, ...]
+    L = st["z"].shape[-1]
+    b, t, d = table["b"], table["t"], table["d"]
+    coords["latent_dim"] = np.arange(L)
+    coords["time"] = times
+    groups: dict[str, dict] = {
+        "posterior": {
+            "z": (["chain", "draw", "series", "time", "latent_dim"], st["z"]),
+            "z0": (["chain", "draw", "series", "latent_dim"], st["z0"]),
+        },
+        "posterior_predictive": {
+            "obs": (["chain", "draw", "observation"], st["obs_rep"][:, :, b, t, d]),
+            "y": (["chain", "draw", "series", "time", "channel"], st["y"]),
+        },
+        "observed_data": observed,
+        "constant_data": constant,
+    }
+    if "obs_scale" in st:
+        groups["posterior"]["obs_scale"] = (["chain", "draw", "channel"], st["obs_scale"])
+    if "diffusion" in st:
+        groups["posterior"]["diffusion"] = (["chain", "draw", "latent_dim"], st["diffusion"])
+    if "log_lik" in st:
+        groups["log_likelihood"] = {
+            "obs": (["chain", "draw", "observation"], st["log_lik"][:, :, b, t, d])
+        }
+    if "elbo" in st:
+        groups["sample_stats"] = {"elbo": (["chain", "draw"], st["elbo"])}
+    if forecast_times is not None:
+        coords["forecast_time"] = forecast_times
+        groups["predictions"] = {
+            "y": (["chain", "draw", "series", "forecast_time", "channel"], st["y_forecast"])
+        }
+    attrs = {
+        "num_chains": len(models),
+        "chains_are": "ensemble members" if len(models) > 1 else "a single fit",
+        "inference": "variational (posterior SDE guide)",
+        "units": "data units" if scaler is not None else "model units",
+    }
+    return _arviz.make_inference_data(groups, coords, attrs)
+
+
+def _from_trajectories(
+    traj: Trajectories, data, coords: dict, last: np.ndarray
+) -> tuple[dict, int]:
+    """Groups from sampled trajectories (no model: no log-likelihood, ELBO or globals)."""
+    obs, lat = traj.observations, traj.latent
+    if obs.dim() == 4:
+        obs, lat = obs.unsqueeze(0), lat.unsqueeze(0)
+    if obs.dim() != 5:
+        raise BayesdynValueError(
+            f"Trajectories.observations must be [S, B, Q, D] or [E, S, B, Q, D]; got "
+            f"{tuple(traj.observations.shape)}"
+        )
+    t = traj.times
+    if t.dim() == 2:
+        if not bool((t == t[:1]).all()):
+            raise BayesdynValueError(
+                "Trajectories.times must be shared by all series ([Q]) for ArviZ's time "
+                f"coordinate; got per-series times of shape {tuple(t.shape)}"
+            )
+        t = t[0]
+    B = obs.shape[2]
+    if B != len(data):
+        raise BayesdynValueError(f"Trajectories hold {B} series but data has {len(data)}")
+    if obs.shape[-1] != data.obs_dim:
+        raise BayesdynValueError(
+            f"Trajectories have {obs.shape[-1]} channels but data has {data.obs_dim}"
+        )
+    t = t.detach().cpu().numpy().astype(np.float64)
+    obs = obs.detach().cpu().double().numpy()
+    lat = lat.detach().cpu().double().numpy()
+    inside = t <= last.max()
+    coords["time"] = t[inside]
+    coords["latent_dim"] = np.arange(lat.shape[-1])
+    groups: dict[str, Any] = {
+        "posterior": {
+            "z": (["chain", "draw", "series", "time", "latent_dim"], lat[:, :, :, inside])
+        },
+        "posterior_predictive": {
+            "y": (["chain", "draw", "series", "time", "channel"], obs[:, :, :, inside])
+        },
+    }
+    if (~inside).any():
+        coords["forecast_time"] = t[~inside]
+        groups["predictions"] = {
+            "y": (["chain", "draw", "series", "forecast_time", "channel"], obs[:, :, :, ~inside])
+        }
+    return groups, int(obs.shape[0])
