@@ -361,26 +361,7 @@ class IrregularTimeSeries:
 
         if not isinstance(df, pd.DataFrame):
             raise BayesdynTypeError(f"df must be a pandas DataFrame; got {type(df).__name__}")
-        available = [str(c) for c in df.columns]
-        cov_cols = list(covariate_cols) if covariate_cols is not None else []
-        if value_cols is None:
-            skip = {id_col, time_col, *cov_cols}
-            val_cols = [c for c in df.columns if c not in skip]
-        else:
-            if isinstance(value_cols, str):
-                value_cols = [value_cols]
-            val_cols = list(value_cols)
-        for arg, cols in (("id_col", [id_col]), ("time_col", [time_col]),
-                          ("value_cols", val_cols), ("covariate_cols", cov_cols)):  # fmt: skip
-            for c in cols:
-                if c not in df.columns:
-                    raise BayesdynValueError(
-                        f"{arg}: column {c!r} not found; available columns: {available}"
-                    )
-        if not val_cols:
-            raise BayesdynValueError(
-                f"value_cols: no value columns left; available columns: {available}"
-            )
+        val_cols, cov_cols = _frame_columns(df, id_col, time_col, value_cols, covariate_cols)
         if len(df) == 0:
             raise BayesdynValueError("df has no rows")
         if df[id_col].isna().any():
@@ -450,10 +431,36 @@ class IrregularTimeSeries:
             raise BayesdynValueError(f"path {p!r}: file not found")
         if os.path.isdir(p):
             raise BayesdynValueError(f"path {p!r}: is a directory, expected a CSV file")
+        cols = {k: kwargs.get(k, d) for k, d in _COLUMN_DEFAULTS.items()}
+        # Read in chunks and check each chunk's numeric columns as it arrives, so that a
+        # large file of garbage fails at its first bad chunk in bounded memory instead of
+        # being parsed whole (as strings) before the first check.
+        chunks = []
         try:
-            df = pd.read_csv(p)
+            # Ids are read as text and converted once at the end, so that every chunk agrees
+            # on an id's type (chunk-wise inference could read id 7 as 7 in one chunk and
+            # as "7" in another, silently splitting a series).
+            reader = pd.read_csv(p, chunksize=CSV_CHUNK_ROWS, dtype={cols["id_col"]: str})
+            with reader:
+                for k, chunk in enumerate(reader):
+                    if k == 0:
+                        val_cols, cov_cols = _frame_columns(chunk, **cols)
+                    offset = k * CSV_CHUNK_ROWS
+                    _numeric_column(chunk, cols["time_col"], "time_col", offset)
+                    for c in val_cols:
+                        _numeric_column(chunk, c, "value column", offset)
+                    for c in cov_cols:
+                        _numeric_column(chunk, c, "covariate column", offset)
+                    chunks.append(chunk)
+            df = pd.concat(chunks, ignore_index=True) if chunks else pd.read_csv(p, nrows=0)
+            if cols["id_col"] in df.columns and len(df):
+                ids = df[cols["id_col"]]
+                num = pd.to_numeric(ids, errors="coerce")
+                if bool((num.notna() | ids.isna()).all()):  # what a whole-file read infers
+                    df[cols["id_col"]] = num
         except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-            raise BayesdynValueError(f"path {p!r}: could not read CSV: {e}") from e
+            msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            raise BayesdynValueError(f"path {p!r}: could not read CSV: {msg}") from e
         return cls.from_dataframe(df, **kwargs)
 
     @classmethod
@@ -1002,14 +1009,62 @@ def _check_representable(
                 )
 
 
-def _numeric_column(df: pd.DataFrame, col: Any, what: str) -> np.ndarray:
+#: Rows per chunk when reading a CSV (see :meth:`IrregularTimeSeries.from_csv`).
+CSV_CHUNK_ROWS = 1 << 16
+
+_COLUMN_DEFAULTS = {"id_col": "id", "time_col": "time", "value_cols": None, "covariate_cols": None}
+
+
+def _frame_columns(
+    df: pd.DataFrame,
+    id_col: Any = "id",
+    time_col: Any = "time",
+    value_cols: Optional[Sequence[str]] = None,
+    covariate_cols: Optional[Sequence[str]] = None,
+) -> tuple[list[Any], list[Any]]:
+    """Resolve and check the value and covariate columns of a long-format frame."""
+    available = [str(c) for c in df.columns]
+    cov_cols = list(covariate_cols) if covariate_cols is not None else []
+    if value_cols is None:
+        skip = {id_col, time_col, *cov_cols}
+        val_cols = [c for c in df.columns if c not in skip]
+    else:
+        if isinstance(value_cols, str):
+            value_cols = [value_cols]
+        val_cols = list(value_cols)
+    for arg, cols in (("id_col", [id_col]), ("time_col", [time_col]),
+                      ("value_cols", val_cols), ("covariate_cols", cov_cols)):  # fmt: skip
+        for c in cols:
+            if c not in df.columns:
+                raise BayesdynValueError(
+                    f"{arg}: column {c!r} not found; available columns: {available}"
+                )
+    if not val_cols:
+        raise BayesdynValueError(
+            f"value_cols: no value columns left; available columns: {available}"
+        )
+    return val_cols, cov_cols
+
+
+def _numeric_column(df: pd.DataFrame, col: Any, what: str, row_offset: int = 0) -> np.ndarray:
     import pandas as pd
 
     s = df[col]
-    if pd.api.types.is_bool_dtype(s) or not pd.api.types.is_numeric_dtype(s):
-        raise BayesdynTypeError(f"{what} {col!r} must hold real numbers; got dtype {s.dtype}")
-    if pd.api.types.is_complex_dtype(s):
-        raise BayesdynTypeError(f"{what} {col!r} must hold real numbers; got dtype {s.dtype}")
+    if (
+        pd.api.types.is_bool_dtype(s)
+        or not pd.api.types.is_numeric_dtype(s)
+        or pd.api.types.is_complex_dtype(s)
+    ):
+        where = ""
+        if not pd.api.types.is_bool_dtype(s):
+            # Name the first entry that is not a number (e.g. a garbage row in a CSV).
+            bad = pd.to_numeric(s, errors="coerce").isna().to_numpy() & s.notna().to_numpy()
+            if bad.any():
+                r = int(np.flatnonzero(bad)[0])
+                where = f" (row {row_offset + r} holds {str(s.iloc[r])[:40]!r})"
+        raise BayesdynTypeError(
+            f"{what} {col!r} must hold real numbers; got dtype {s.dtype}{where}"
+        )
     return s.to_numpy(dtype=np.float64, na_value=np.nan)
 
 
