@@ -1,7 +1,8 @@
-"""Pyro models: path distributions, networks and the ready-made ``LatentSDE``."""
+"""Pyro models: path and event distributions, networks and the ready-made ``LatentSDE``."""
 
 from .base import AbstractSDE, FunctionalSDE
 from .filter_encoder import FilterEncoder
+from .jumps import GaussianJumpNet, JumpDiffusionPath, JumpPath, JumpRateNet
 from .latent_sde import (
     OBS_SITE,
     PATH_SITE,
@@ -19,6 +20,7 @@ from .nets import (
     GRUEncoder,
     StudentTDecoder,
 )
+from .point_process import TemporalPointProcess
 from .sde_path import SDEPath
 
 __all__ = [
@@ -35,8 +37,13 @@ __all__ = [
     "FunctionalSDE",
     "GRUEncoder",
     "GaussianDecoder",
+    "GaussianJumpNet",
+    "JumpDiffusionPath",
+    "JumpPath",
+    "JumpRateNet",
     "LatentSDE",
     "LatentSDEConfig",
     "SDEPath",
     "StudentTDecoder",
+    "TemporalPointProcess",
 ]
