@@ -4,13 +4,26 @@ from .elbo import PathELBO
 from .fit import FitResult, fit, load_checkpoint, save_checkpoint
 from .io import load_model, save_model
 from .kalman import KalmanResult, LinearGaussianSDE, kalman_filter
+from .particle import (
+    AbstractStateSpace,
+    FilterResult,
+    ParticleFilter,
+    SDEStateSpace,
+    systematic_resample,
+)
 from .predictive import Trajectories, posterior_predictive
+from .streaming import FilterState
 
 __all__ = [
+    "AbstractStateSpace",
+    "FilterResult",
+    "FilterState",
     "FitResult",
     "KalmanResult",
     "LinearGaussianSDE",
+    "ParticleFilter",
     "PathELBO",
+    "SDEStateSpace",
     "Trajectories",
     "fit",
     "kalman_filter",
@@ -19,4 +32,5 @@ __all__ = [
     "posterior_predictive",
     "save_checkpoint",
     "save_model",
+    "systematic_resample",
 ]
