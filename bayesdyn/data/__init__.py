@@ -23,6 +23,14 @@ from ._synthetic import (
     simulate_lorenz,
     simulate_ou,
 )
+from ._synthetic_jumps import (
+    hawkes_compensator,
+    hawkes_intensity,
+    hawkes_log_likelihood,
+    merton_log_density,
+    simulate_hawkes,
+    simulate_merton,
+)
 
 __all__ = [
     "EventBatch",
@@ -33,13 +41,19 @@ __all__ = [
     "SyntheticData",
     "check_event_sequences",
     "ensure_batch",
+    "hawkes_compensator",
+    "hawkes_intensity",
+    "hawkes_log_likelihood",
     "load_brusselator",
     "load_lynx_hare",
     "load_point_process",
+    "merton_log_density",
     "pad_events",
     "read_event_sequences",
     "simulate_double_ou",
     "simulate_gbm",
+    "simulate_hawkes",
     "simulate_lorenz",
+    "simulate_merton",
     "simulate_ou",
 ]
