@@ -1,10 +1,12 @@
-"""Command line: ``bayesdyn demo | fit | forecast``.
+"""Command line: ``bayesdyn demo | fit | forecast | report``.
 
 - ``bayesdyn demo --out runs/demo``: train on the bundled Brusselator data, forecast the
   held-out window, write forecasts, a calibration table and plots.
 - ``bayesdyn fit DATA --out RUN_DIR``: train on a long-format CSV (or ``bundled:brusselator``,
   ``bundled:lynx_hare``).
-- ``bayesdyn forecast RUN_DIR --horizon H --out FILE``: quantile bands (CSV) and sample paths.
+- ``bayesdyn forecast RUN_DIR --horizon H --out FILE``: quantile bands (CSV), sample paths and
+  the ArviZ InferenceData (netCDF, next to FILE).
+- ``bayesdyn report RUN_DIR --out report.html``: one self-contained HTML diagnostics report.
 """
 
 from __future__ import annotations
@@ -198,9 +200,16 @@ def cmd_forecast(args) -> int:
     _write_forecast(traj, out, levels)
     fig = traj.plot(data=series, level=max(levels))
     fig.savefig(out.with_suffix(".png"), dpi=110)
+    from .diagnostics.report import write_run_inference_data
+
+    fc_times = query[query > series.t_max]
+    write_run_inference_data(
+        run, series, fc_times, out.with_suffix(".nc"), num_samples=args.num_samples, seed=args.seed
+    )
     print(
         f"forecast of {len(series)} series to t={t_end:g} written to {out} "
-        f"(+ {out.stem}_samples.csv, {out.with_suffix('.png').name})"
+        f"(+ {out.stem}_samples.csv, {out.with_suffix('.png').name}, "
+        f"{out.with_suffix('.nc').name})"
     )
     return 0
 
@@ -216,6 +225,7 @@ def cmd_demo(args) -> int:
     print(f"bundled Brusselator data: {series}")
     print(f"training on t <= {origin}; the window ({origin}, {series.t_max:g}] is held out")
     _train(past, out, args)
+    future.to_dataframe().to_csv(out / "heldout.csv", index=False)
     query = np.round(np.arange(series.t_min, series.t_max + 1e-9, 0.5), 6)
     traj, _ = _forecast(out, past, query, args.num_samples, args.seed)
     _write_forecast(traj, out / "forecast.csv", [0.5, 0.9])
@@ -232,9 +242,28 @@ def cmd_demo(args) -> int:
     print("\nheld-out forecast calibration (central intervals):")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"mean CRPS (data units): {table.attrs['crps']:.4f}")
+    from .diagnostics.report import write_report
+
+    report = write_report(out, out / "report.html", num_samples=min(args.num_samples, 100))
     print(
-        f"\nwrote {out}/forecast.csv, forecast_samples.csv, forecast.png, calibration.csv, model.pt"
+        f"\nwrote {out}/forecast.csv, forecast_samples.csv, forecast.png, calibration.csv, "
+        f"heldout.csv, model.pt and {report.name}"
     )
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .diagnostics.report import write_report
+
+    out = write_report(
+        args.run_dir,
+        args.out,
+        num_samples=args.num_samples,
+        horizon=args.horizon,
+        max_series=args.max_series,
+        seed=args.seed,
+    )
+    print(f"report written to {out}")
     return 0
 
 
@@ -270,6 +299,16 @@ def build_parser() -> argparse.ArgumentParser:
     fc.add_argument("--value-cols", default=None)
     fc.add_argument("--seed", type=int, default=0)
     fc.set_defaults(func=cmd_forecast)
+    r = sub.add_parser("report", help="self-contained HTML diagnostics report of a fitted run")
+    r.add_argument("run_dir")
+    r.add_argument("--out", default=None, help="HTML file (default RUN_DIR/report.html)")
+    r.add_argument("--num-samples", type=int, default=100, help="posterior draws per member")
+    r.add_argument(
+        "--horizon", type=float, default=None, help="forecast length without held-out data"
+    )
+    r.add_argument("--max-series", type=int, default=6, help="series drawn in the figures")
+    r.add_argument("--seed", type=int, default=0)
+    r.set_defaults(func=cmd_report)
     return p
 
 

@@ -143,16 +143,7 @@ def summary(idata, var_names: Sequence[str] | None = None, **kwargs):
     varying = [v for v in names if v not in fixed]
     parts = []
     if varying:
-        logger = logging.getLogger("arviz")
-        level = logger.level
-        if post.sizes["chain"] < 2:
-            # R-hat needs two chains; ArviZ logs a shape warning and returns NaN, which is
-            # the documented answer for a single fit.
-            logger.setLevel(logging.ERROR)
-        try:
-            table = az.summary(idata, var_names=varying, **kwargs)
-        finally:
-            logger.setLevel(level)
+        table = _quiet(az.summary, idata, var_names=varying, **kwargs)
         parts.append(table.assign(fixed_per_chain=False))
     if fixed:
         stats = az.summary(idata, var_names=fixed, kind="stats", **kwargs)
@@ -163,14 +154,22 @@ def summary(idata, var_names: Sequence[str] | None = None, **kwargs):
 
 
 def _quiet(fn, *args, **kwargs):
-    """Call an ArviZ statistic, keeping its Pareto-k / variance ``UserWarning``s off the screen.
+    """Call an ArviZ statistic, keeping its Pareto-k / variance warnings off the screen.
 
     The conditions they report are part of the returned object (``warning`` and ``pareto_k``
     for LOO, ``warning`` for WAIC), and the report explains them in words.
     """
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=UserWarning, module="arviz")
-        return fn(*args, **kwargs)
+    logger = logging.getLogger("arviz")
+    level = logger.level
+    # With one chain (a single fit) ArviZ logs "Shape validation failed" for R-hat and returns
+    # NaN, which is the documented answer there; the report says so in words.
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=UserWarning, module="arviz")
+            return fn(*args, **kwargs)
+    finally:
+        logger.setLevel(level)
 
 
 def loo(idata, **kwargs):

@@ -11,11 +11,13 @@ posterior              obs_scale   (chain, draw, channel), observation scale (da
 posterior              diffusion   (chain, draw, latent_dim), RMS of ``g(z)`` along the path
 posterior_predictive   obs         (chain, draw, observation), replicated data at the data points
 posterior_predictive   y           (chain, draw, series, time, channel), bands on ``time``
+posterior              intensity   (chain, draw, series, time, mark), jump models only
 predictions            y           (chain, draw, series, forecast_time, channel)
 log_likelihood         obs         (chain, draw, observation), pointwise ``log p(y_i | z)``
 sample_stats           elbo        (chain, draw), one-particle ELBO estimate of the member
 observed_data          obs         (observation), observed values only
-constant_data          observation_time (observation); last_observed (series)
+constant_data          observation_time (observation); last_observed (series); event_time,
+                                   event_series, event_mark (event) when data has events
 =====================  ==========  ==============================================================
 
 ``observation`` enumerates the observed (series, time, channel) triples (masked values are
@@ -23,6 +25,9 @@ left out), with non-dimension coordinates ``obs_series``, ``obs_time`` and ``obs
 ``az.loo``, ``az.waic``, ``az.plot_ppc(var_names=["obs"])`` and ``az.plot_loo_pit`` work
 directly, and ``az.plot_ts(idata, y="obs", x="observation_time")`` plots one series and channel (select
 it with ``idata.isel(observation=...)``).
+
+Jump models take part through duck typing: a model with a method ``intensity(z)`` mapping latent
+states ``[..., L]`` to per-mark event intensities ``[..., K]`` gets the posterior ``intensity``.
 
 The observation scale is a fitted parameter of each member (variational inference gives a
 point estimate), so it is constant along draws and varies only across members; the diffusion
@@ -147,6 +152,10 @@ def _member_draws(
             if hasattr(decoder, "scale"):
                 scale = decoder.scale().expand(num_samples, -1)
                 out["obs_scale"] = scale if scaler is None else scaler.inverse_std(scale)
+    intensity = getattr(model, "intensity", None)
+    if callable(intensity):  # jump models: per-mark event intensity lambda_k(z), [..., K]
+        with torch.no_grad():
+            out["intensity"] = intensity(out["z"])
     diffusion = getattr(model, "diffusion", None)
     if callable(diffusion):
         with torch.no_grad():
@@ -237,6 +246,12 @@ def to_inference_data(
         "observation_time": (["observation"], table["time"]),
         "last_observed": (["series"], last),
     }
+    if data.events is not None:  # event times (and marks) of point-process data
+        counts = [len(e) for e in data.events]
+        coords["event"] = np.arange(sum(counts))
+        constant["event_time"] = (["event"], np.concatenate(data.events).astype(np.float64))
+        constant["event_series"] = (["event"], np.repeat(ids, counts))
+        constant["event_mark"] = (["event"], np.concatenate(data.marks).astype(np.int64))
     if isinstance(source, Trajectories):
         groups, num_chains = _from_trajectories(source, data, coords, last)
         groups["observed_data"] = observed
@@ -290,6 +305,12 @@ def to_inference_data(
         groups["log_likelihood"] = {
             "obs": (["chain", "draw", "observation"], st["log_lik"][:, :, b, t, d])
         }
+    if "intensity" in st:
+        coords["mark"] = np.arange(st["intensity"].shape[-1])
+        groups["posterior"]["intensity"] = (
+            ["chain", "draw", "series", "time", "mark"],
+            st["intensity"],
+        )
     if "elbo" in st:
         groups["sample_stats"] = {"elbo": (["chain", "draw"], st["elbo"])}
     if forecast_times is not None:
