@@ -480,11 +480,17 @@ def figure_pareto_k(loo) -> str:
     fig = _figure(7.5, 2.6)
     ax = fig.subplots()
     colors = np.where(k > 1, "C3", np.where(k > loo.good_k, "C1", "C0"))
-    ax.scatter(np.arange(k.size), k, s=6, c=colors)
+    top = 3.0  # larger k are all "not usable"; draw them as triangles on the top edge
+    clipped = k > top
+    idx = np.arange(k.size)
+    ax.scatter(idx[~clipped], k[~clipped], s=6, c=colors[~clipped])
+    if clipped.any():
+        ax.scatter(idx[clipped], np.full(int(clipped.sum()), top), s=14, marker="^", c="C3")
+        ax.set_ylim(top=top + 0.15)
     ax.axhline(loo.good_k, color="C1", ls="--", lw=0.8, label=f"good_k = {loo.good_k:.2f}")
     ax.axhline(1.0, color="C3", ls="--", lw=0.8, label="k = 1")
     ax.set_xlabel("observation")
-    ax.set_ylabel("Pareto k")
+    ax.set_ylabel("Pareto k" + (f" (values > {top:g} on the top edge)" if clipped.any() else ""))
     ax.legend(fontsize=7)
     return _img(fig, "Pareto k per observation")
 
@@ -531,13 +537,21 @@ def figure_jumps(inputs: ReportInputs, max_series: int) -> str | None:
 # ----------------------------------------------------------------------------- tables and text
 
 
-def _table(df, float_format="{:.3f}") -> str:
-    def fmt(v):
-        if isinstance(v, (bool, np.bool_)):
-            return "yes" if v else "no"
-        if isinstance(v, (float, np.floating)):
-            return "&ndash;" if not np.isfinite(v) else float_format.format(v)
-        return html.escape(str(v))
+def _fmt(v) -> str:
+    """Numbers with 4 significant digits (thousands separated), booleans as yes/no."""
+    if isinstance(v, (bool, np.bool_)):
+        return "yes" if v else "no"
+    if isinstance(v, (int, np.integer)):
+        return f"{int(v):,}"
+    if isinstance(v, (float, np.floating)):
+        if not np.isfinite(v):
+            return "&ndash;"
+        return f"{v:,.1f}" if abs(v) >= 1000 else f"{v:.4g}"
+    return html.escape(str(v))
+
+
+def _table(df) -> str:
+    fmt = _fmt
 
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in [df.index.name or "", *df.columns])
     body = "".join(
@@ -551,9 +565,7 @@ def _table(df, float_format="{:.3f}") -> str:
 
 
 def _kv_table(items: Sequence[tuple[str, Any]]) -> str:
-    rows = "".join(
-        f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in items
-    )
+    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{_fmt(v)}</td></tr>" for k, v in items)
     return f"<table class='kv'><tbody>{rows}</tbody></table>"
 
 
@@ -621,7 +633,7 @@ def _loo_section(idata) -> tuple[str, str | None]:
             "percent": [100 * n_good / n, 100 * n_bad / n, 100 * n_vbad / n],
         },
         index=pd.Index(
-            [f"good (k &le; {good:.2f})", f"bad ({good:.2f} &lt; k &le; 1)", "very bad (k &gt; 1)"],
+            [f"good (k ≤ {good:.2f})", f"bad ({good:.2f} < k ≤ 1)", "very bad (k > 1)"],
             name="Pareto k",
         ),
     )
@@ -658,7 +670,7 @@ def _loo_section(idata) -> tuple[str, str | None]:
         "<p>Note: LOO measures interpolation (predicting a value from its past and future); "
         "forecasts are judged by leaving the future out, as in the calibration section.</p>"
     )
-    html_ = "".join(text) + _table(est) + _table(kt, "{:.1f}")
+    html_ = "".join(text) + _table(est) + _table(kt)
     return html_, figure_pareto_k(loo)
 
 
