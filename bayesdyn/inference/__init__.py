@@ -1,6 +1,7 @@
 """Inference: the path ELBO, the SVI loop, posterior predictives, saving and loading."""
 
 from .elbo import PathELBO
+from .event_predictive import EventForecast, forecast_events
 from .fit import FitResult, fit, load_checkpoint, save_checkpoint
 from .io import load_model, save_model
 from .kalman import KalmanResult, LinearGaussianSDE, kalman_filter
@@ -16,6 +17,7 @@ from .streaming import FilterState
 
 __all__ = [
     "AbstractStateSpace",
+    "EventForecast",
     "FilterResult",
     "FilterState",
     "FitResult",
@@ -26,6 +28,7 @@ __all__ = [
     "SDEStateSpace",
     "Trajectories",
     "fit",
+    "forecast_events",
     "kalman_filter",
     "load_checkpoint",
     "load_model",

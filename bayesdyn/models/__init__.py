@@ -3,6 +3,13 @@
 from .base import AbstractSDE, FunctionalSDE
 from .filter_encoder import FilterEncoder
 from .jumps import GaussianJumpNet, JumpDiffusionPath, JumpPath, JumpRateNet
+from .latent_jump_sde import (
+    EVENTS_SITE,
+    JUMPS_SITE,
+    EventGrid,
+    LatentJumpSDE,
+    LatentJumpSDEConfig,
+)
 from .latent_sde import (
     OBS_SITE,
     PATH_SITE,
@@ -24,6 +31,8 @@ from .point_process import TemporalPointProcess
 from .sde_path import SDEPath
 
 __all__ = [
+    "EVENTS_SITE",
+    "JUMPS_SITE",
     "MLP",
     "OBS_SITE",
     "PATH_SITE",
@@ -32,6 +41,7 @@ __all__ = [
     "AbstractSDE",
     "DiagonalDiffusion",
     "DriftNet",
+    "EventGrid",
     "FilterEncoder",
     "FirstKEncoder",
     "FunctionalSDE",
@@ -41,6 +51,8 @@ __all__ = [
     "JumpDiffusionPath",
     "JumpPath",
     "JumpRateNet",
+    "LatentJumpSDE",
+    "LatentJumpSDEConfig",
     "LatentSDE",
     "LatentSDEConfig",
     "SDEPath",
