@@ -488,7 +488,7 @@ class ParticleFilter:
         See the module docstring for the gradient estimator. Shapes: returns ``[B]``.
         """
         with torch.enable_grad():
-            return self._run(data, seed).log_evidence
+            return self._run(data, seed, record=False).log_evidence
 
     def loss(self, data, *, seed: int | None = None) -> Tensor:
         """``-sum_b log Z-hat_b`` per observed value: a training loss (scalar, differentiable)."""
@@ -512,14 +512,14 @@ class ParticleFilter:
         return FilterState(self, self._init_carry(num_series, t0), None)
 
     # ------------------------------------------------------------------ internals
-    def _run(self, data, seed: int | None) -> FilterResult:
+    def _run(self, data, seed: int | None, record: bool = True) -> FilterResult:
         from .fit import _as_batch
 
         batch = _as_batch(data, "data")
         if seed is not None:
             torch.manual_seed(seed)
         carry = self._init_carry(batch.times.shape[0], None)
-        return self._advance(carry, batch)[1]
+        return self._advance(carry, batch, record)[1]
 
     def _init_carry(self, B: int, t0: float | None) -> _Carry:
         sp = self.space
@@ -560,8 +560,32 @@ class ParticleFilter:
         grid = make_union_grid(batch.times, dt=sp.dt, t0=first if t0 is None else t0)
         return batch, grid
 
-    def _advance(self, carry: _Carry, batch) -> tuple[_Carry, FilterResult]:
-        """Filter one data segment from the carried particle system; see the module docstring."""
+    @staticmethod
+    @torch.no_grad()
+    def _record(rec, z, W, ess, lik, row, has, qs, trace) -> None:
+        """Write the weighted filtering summaries of the series observed at this grid point."""
+        dtype = rec["means"].dtype
+        mean = (W.unsqueeze(-1) * z).sum(0)
+        var = (W.unsqueeze(-1) * (z - mean).square()).sum(0)
+        quant = _weighted_quantiles(z.detach(), W, qs)
+        try:
+            ymean = (W.unsqueeze(-1) * lik.mean).sum(0)
+        except NotImplementedError:  # a likelihood without a mean
+            ymean = torch.full(rec["obs_means"][:, 0].shape, float("nan"), dtype=dtype)
+        bi = has.nonzero().flatten()
+        ri = row[bi]
+        rec["means"][bi, ri] = mean[bi].to(dtype)
+        rec["variances"][bi, ri] = var[bi].to(dtype)
+        rec["quantiles"][:, bi, ri] = quant[:, bi].to(dtype)
+        rec["obs_means"][bi, ri] = ymean[bi].to(dtype)
+        rec["ess"][bi, ri] = ess[bi].to(dtype)
+        rec["trace"][bi, ri] = trace[bi].detach().to(dtype)
+
+    def _advance(self, carry: _Carry, batch, record: bool = True) -> tuple[_Carry, FilterResult]:
+        """Filter one data segment from the carried particle system; see the module docstring.
+
+        ``record=False`` skips the filtering summaries (when only the evidence is wanted).
+        """
         sp = self.space
         batch, ug = self._prepare(carry, batch)
         grid = ug.grid
@@ -639,21 +663,8 @@ class ParticleFilter:
             with torch.no_grad():
                 W = torch.softmax(logw.detach(), 0)
                 ess = 1.0 / W.square().sum(0)
-                mean = (W.unsqueeze(-1) * z).sum(0)
-                var = (W.unsqueeze(-1) * (z - mean).square()).sum(0)
-                quant = _weighted_quantiles(z.detach(), W, qs)
-                try:
-                    ymean = (W.unsqueeze(-1) * lik.mean).sum(0)
-                except NotImplementedError:  # a likelihood without a mean
-                    ymean = torch.full((B, D), float("nan"), dtype=sp.dtype)
-                bi = has.nonzero().flatten()
-                ri = og.row[bi, k]
-                rec["means"][bi, ri] = mean[bi].to(sp.dtype)
-                rec["variances"][bi, ri] = var[bi].to(sp.dtype)
-                rec["quantiles"][:, bi, ri] = quant[:, bi].to(sp.dtype)
-                rec["obs_means"][bi, ri] = ymean[bi].to(sp.dtype)
-                rec["ess"][bi, ri] = ess[bi].to(sp.dtype)
-                rec["trace"][bi, ri] = (log_z + lse - log_n)[bi].detach().to(sp.dtype)
+            if record:
+                self._record(rec, z, W, ess, lik, og.row[:, k], has, qs, log_z + lse - log_n)
             need = has & (ess < self.ess_threshold * N)
             if bool(need.any()):
                 anc = systematic_resample(W)
