@@ -244,7 +244,9 @@ def cmd_demo(args) -> int:
     print(f"mean CRPS (data units): {table.attrs['crps']:.4f}")
     from .diagnostics.report import write_report
 
-    report = write_report(out, out / "report.html", num_samples=min(args.num_samples, 100))
+    report = write_report(
+        out, out / "report.html", num_samples=min(args.num_samples, 100), max_series=4
+    )
     print(
         f"\nwrote {out}/forecast.csv, forecast_samples.csv, forecast.png, calibration.csv, "
         f"heldout.csv, model.pt and {report.name}"
