@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --disable-pip-version-check -q -c constraints.txt
 
-.PHONY: demo test bench install install-test
+.PHONY: demo test bench bench-all install install-test
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -31,3 +31,7 @@ test: $(VENV)/.installed-test
 
 bench: $(VENV)/.installed-test
 	$(PY) benchmarks/bench_latent_sde.py
+
+# accuracy benchmarks against published results; rewrites the README results table
+bench-all: $(VENV)/.installed-test
+	$(PY) benchmarks/run_all.py --seed 0
