@@ -1,0 +1,385 @@
+"""Motion capture, setup 1 (ODE2VAE preprocessing of CMU subject 35 walking; Li et al. 2020).
+
+Reproduces the protocol of ../shared/data/README.md:
+
+* train on ``Xtr`` (16 sequences x 300 frames x 50 channels, frames 0.1 apart);
+* condition on the first 3 frames of each sequence and predict the remaining 297;
+* 50 posterior samples per prediction; test MSE averaged over the samples, reported as the
+  mean over the 4 ``Xtest`` sequences +- a 95% Student-t interval over sequences, in the raw
+  units of the file;
+* the model (here: the training checkpoint) is selected on ``Xval`` by the same MSE.
+
+Also reported: the MSE of the 50-sample mean prediction, the CRPS of the predictive
+distribution (observation samples, raw units), and the coverage of the central 90% interval.
+
+Model (after the paper's, about 11.6k parameters there): ``LatentSDE`` with
+``encoder="first_k"`` (an MLP over the first 3 frames gives the context), latent 6, context 3,
+softplus MLPs, solver step 1/5 of the frame gap, learnable observation scale, KL annealing.
+The posterior drift reads only that context (``next_obs_features=False``, ``bridge=False``),
+so the posterior SDE conditioned on 3 frames is itself the forecaster: test sequences are
+passed with every frame after the third masked out (and zeroed), and the posterior drift stays
+active over the whole 300-frame window.
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_mocap.py --seed 0 [--config benchmarks/configs/mocap.json]
+        [--steps N] [--out benchmarks/results]
+
+``--steps`` overrides the config's ``num_steps`` (for quick development runs; the results
+JSON records the override). Prints the training time, a results table, and as its last line
+``mocap_test_mse=<number>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import _bench_common as common  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import bayesdyn  # noqa: E402
+from bayesdyn import IrregularTimeSeries, LatentSDE, LatentSDEConfig, Scaler  # noqa: E402
+from bayesdyn._validation import BayesdynValueError  # noqa: E402
+from bayesdyn.diagnostics.metrics import crps_ensemble, interval_coverage  # noqa: E402
+
+NAME = "mocap"
+FRAME_DT = 0.1
+NUM_FRAMES = 300
+PUBLISHED = {
+    "Latent SDE (Li et al. 2020)": "4.03 ± 0.20",
+    "Latent ODE": "5.98 ± 0.28",
+    "ODE2VAE-KL": "8.09 ± 1.95",
+    "SDE matching (Bartosh et al. 2025)": "4.50 ± 0.32",
+    "NCDSSM (Ansari et al. 2023)": "5.69",
+    "training-set global mean": "33.7",
+    "repeat last conditioning frame": "61.3",
+}
+
+SCHEMA = {
+    "model": dict,
+    "scaling": ("none", "global", "channel"),
+    "context_frames": int,
+    "num_steps": int,
+    "lr": float,
+    "lr_final": float,
+    "batch_size": ("optional", int),
+    "num_particles": int,
+    "kl_anneal_steps": int,
+    "kl_min": float,
+    "clip_norm": float,
+    "eval_every": int,
+    "val_samples": int,
+    "num_samples": int,
+}
+
+
+def load_mocap_config(path: str | os.PathLike) -> dict:
+    """Read and check the mocap config; the model options must keep the protocol honest."""
+    cfg = common.load_config(path, SCHEMA)
+    where = f"config {Path(path).name}"
+    common.check_positive_keys(
+        cfg,
+        ["context_frames", "num_steps", "lr", "lr_final", "num_particles", "eval_every"]
+        + ["val_samples", "num_samples", "clip_norm", "kl_min"],
+        where,
+    )
+    if cfg["batch_size"] is not None and cfg["batch_size"] < 1:
+        raise BayesdynValueError(
+            f"{where}: 'batch_size' must be >= 1 or null; got {cfg['batch_size']}"
+        )
+    if cfg["val_samples"] < 2 or cfg["num_samples"] < 2:
+        raise BayesdynValueError(f"{where}: 'val_samples' and 'num_samples' must be >= 2")
+    model = dict(cfg["model"])
+    if "obs_dim" in model:
+        raise BayesdynValueError(f"{where}: model.obs_dim is fixed by the data (50); remove it")
+    mc = LatentSDEConfig.from_dict({"obs_dim": 50, **model})
+    # Conditioning on the first frames only: the posterior must not read later frames.
+    if mc.encoder != "first_k" or mc.num_context_obs != cfg["context_frames"]:
+        raise BayesdynValueError(
+            f"{where}: model.encoder must be 'first_k' with num_context_obs = context_frames "
+            f"({cfg['context_frames']}); got encoder={mc.encoder!r}, "
+            f"num_context_obs={mc.num_context_obs}"
+        )
+    if mc.next_obs_features or mc.bridge:
+        raise BayesdynValueError(
+            f"{where}: model.next_obs_features and model.bridge must be false (they let the "
+            "posterior read frames after the conditioning window)"
+        )
+    cfg["model_config"] = mc
+    return cfg
+
+
+def load_mocap(path: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
+    """Read ``mocap35.mat`` (MATLAB v5) with scipy: ``Xtr``, ``Xval``, ``Xtest``.
+
+    Shapes: ``Xtr [16, 300, 50]``, ``Xval [3, 300, 50]``, ``Xtest [4, 300, 50]``.
+    """
+    from scipy.io import loadmat
+
+    path = Path(path) if path is not None else common.SHARED_DATA / "mocap" / "mocap35.mat"
+    if not path.is_file():
+        raise BayesdynValueError(f"mocap file {str(path)!r} not found (see ../shared/data)")
+    mat = loadmat(path)
+    out = {}
+    for key in ("Xtr", "Xval", "Xtest"):
+        x = np.asarray(mat[key], dtype=np.float64)
+        if x.ndim != 3 or x.shape[1:] != (NUM_FRAMES, 50):
+            raise BayesdynValueError(f"{key} must have shape [N, 300, 50]; got {x.shape}")
+        out[key] = x
+    return out
+
+
+def make_scaler(x: np.ndarray, scaling: str) -> Scaler:
+    """Affine scaler fitted on training frames: per-channel means, and per-channel or one
+    global standard deviation (``"none"``: identity)."""
+    d = x.shape[-1]
+    if scaling == "none":
+        return Scaler(np.zeros(d), np.ones(d))
+    flat = x.reshape(-1, d)
+    mean = flat.mean(0)
+    if scaling == "global":
+        return Scaler(mean, np.full(d, (flat - mean).std()))
+    std = flat.std(0)
+    return Scaler(mean, np.where(std < 1e-8, 1.0, std))
+
+
+def to_series(x: np.ndarray, context_frames: int | None = None) -> IrregularTimeSeries:
+    """Sequences ``[N, 300, D]`` as series on ``t = 0.1 * arange(300)``.
+
+    With ``context_frames=k`` only the first ``k`` frames are observed: later frames keep their
+    times (so the posterior runs over the whole window) but are masked out and zeroed.
+    """
+    t = FRAME_DT * np.arange(x.shape[1])
+    mask = np.ones(x.shape, dtype=bool)
+    vals = x.copy()
+    if context_frames is not None:
+        mask[:, context_frames:] = False
+        vals[:, context_frames:] = 0.0
+    return IrregularTimeSeries([t] * len(x), list(vals), list(mask))
+
+
+def predict(model, x_scaled: np.ndarray, scaler: Scaler, cfg: dict, num_samples: int, seed: int):
+    """Condition on the first frames; return decoder-mean and observation samples, raw units.
+
+    Shapes: ``x_scaled [N, 300, D]`` -> ``(mean_samples, obs_samples)`` each ``[S, N, 300, D]``.
+    """
+    cond = to_series(x_scaled, cfg["context_frames"])
+    times = FRAME_DT * np.arange(x_scaled.shape[1])
+    traj = bayesdyn.posterior_predictive(
+        model, cond, times=times, num_samples=num_samples, seed=seed
+    )
+    with torch.no_grad():
+        mean = model.decoder(traj.latent).mean
+    return scaler.inverse_values(mean).double(), scaler.inverse_values(traj.observations).double()
+
+
+def seq_mse(samples: torch.Tensor, x: np.ndarray, k: int) -> np.ndarray:
+    """MSE per sequence over frames ``k:`` and channels, averaged over samples. ``[N]``."""
+    y = torch.as_tensor(x, dtype=torch.float64)
+    return ((samples[:, :, k:] - y[:, k:]) ** 2).mean(dim=(0, 2, 3)).numpy()
+
+
+def train(model, data: dict, scaler: Scaler, cfg: dict, seed: int, log) -> dict:
+    """Fit in chunks of ``eval_every`` steps; keep the checkpoint with the best ``Xval`` MSE.
+
+    The chunks continue one run (``fit(..., resume=True)`` restores optimiser, RNG and step),
+    and each chunk's ``lr_final`` is set so the learning rate follows one exponential decay
+    from ``lr`` to ``lr_final`` over ``num_steps``.
+    """
+    train_s = to_series(scaler.transform_values(data["Xtr"]))
+    val_scaled = scaler.transform_values(data["Xval"])
+    n, every = cfg["num_steps"], cfg["eval_every"]
+    decay = (cfg["lr_final"] / cfg["lr"]) ** (1.0 / n)
+    best = {"val_mse": float("inf"), "step": 0, "state": None}
+    history = []
+    fit_seconds = 0.0
+    eval_seconds = 0.0
+    with tempfile.TemporaryDirectory(prefix="bench_mocap_") as ckpt:
+        step = 0
+        while step < n:
+            step = min(step + every, n)
+            res = bayesdyn.fit(
+                model,
+                train_s,
+                num_steps=step,
+                lr=cfg["lr"],
+                lr_final=cfg["lr"] * decay**step,
+                batch_size=cfg["batch_size"],
+                kl_anneal_steps=cfg["kl_anneal_steps"],
+                kl_min=cfg["kl_min"],
+                clip_norm=cfg["clip_norm"],
+                num_particles=cfg["num_particles"],
+                checkpoint_dir=ckpt,
+                checkpoint_every=10**9,
+                resume=True,
+                seed=seed,
+                progress=False,
+            )
+            fit_seconds += res.seconds
+            t0 = time.perf_counter()
+            mean_s, _ = predict(model, val_scaled, scaler, cfg, cfg["val_samples"], seed + 1)
+            val_mse = float(seq_mse(mean_s, data["Xval"], cfg["context_frames"]).mean())
+            eval_seconds += time.perf_counter() - t0
+            loss = float(np.mean([h["loss"] for h in res.history[-every:]]))
+            history.append({"step": step, "train_loss": loss, "val_mse": val_mse})
+            mark = ""
+            if val_mse < best["val_mse"]:
+                best = {
+                    "val_mse": val_mse,
+                    "step": step,
+                    "state": copy.deepcopy(model.state_dict()),
+                }
+                mark = " *"
+            log(
+                f"step {step:5d}  loss {loss:9.4f}  Xval MSE {val_mse:7.3f}{mark}  "
+                f"(train {fit_seconds:6.0f} s, eval {eval_seconds:4.0f} s)"
+            )
+    model.load_state_dict(best["state"])
+    return {
+        "best_step": best["step"],
+        "best_val_mse": best["val_mse"],
+        "fit_seconds": fit_seconds,
+        "eval_seconds": eval_seconds,
+        "history": history,
+    }
+
+
+def evaluate(model, data: dict, scaler: Scaler, cfg: dict, seed: int) -> dict:
+    """Test metrics on ``Xtest`` (raw units), frames after the conditioning window."""
+    k = cfg["context_frames"]
+    x = data["Xtest"]
+    mean_s, obs_s = predict(
+        model, scaler.transform_values(x), scaler, cfg, cfg["num_samples"], seed
+    )
+    per_seq = seq_mse(mean_s, x, k)
+    mse, half = common.t_interval(per_seq)
+    y = torch.as_tensor(x, dtype=torch.float64)
+    point = ((mean_s.mean(0)[:, k:] - y[:, k:]) ** 2).mean(dim=(1, 2)).numpy()
+    obs_mse = seq_mse(obs_s, x, k)
+    crps = float(crps_ensemble(obs_s[:, :, k:], y[:, k:]).mean())
+    cov = interval_coverage(obs_s[:, :, k:], y[:, k:], levels=(0.5, 0.9))
+    return {
+        "test_mse": mse,
+        "test_mse_ci95": half,
+        "test_mse_per_sequence": per_seq.tolist(),
+        "test_mse_of_sample_mean": float(point.mean()),
+        "test_mse_obs_samples": float(obs_mse.mean()),
+        "test_crps": crps,
+        "test_coverage_90": cov[0.9],
+        "test_coverage_50": cov[0.5],
+        "num_test_points": int(y[:, k:].numel()),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config", default=str(common.CONFIG_DIR / "mocap.json"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=None, help="override num_steps (dev runs)")
+    p.add_argument("--out", default=str(common.RESULTS_DIR), help="results directory")
+    p.add_argument("--data", default=None, help="path to mocap35.mat")
+    args = p.parse_args(argv)
+    common.setup_torch()
+    cfg = load_mocap_config(args.config)
+    if args.steps is not None:
+        if args.steps < 1:
+            raise BayesdynValueError(f"--steps must be >= 1; got {args.steps}")
+        cfg["num_steps"] = args.steps
+    data = load_mocap(args.data)
+    scaler = make_scaler(data["Xtr"], cfg["scaling"])
+    torch.manual_seed(args.seed)
+    model = LatentSDE(config=cfg["model_config"])
+    num_params = sum(p.numel() for p in model.parameters())
+    print(f"mocap setup 1: LatentSDE with {num_params} parameters; config {args.config}")
+    print(f"training {cfg['num_steps']} steps, Xval check every {cfg['eval_every']}", flush=True)
+
+    t0 = time.perf_counter()
+    tr = train(model, data, scaler, cfg, args.seed, lambda s: print(s, flush=True))
+    wall_train = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    res = evaluate(model, data, scaler, cfg, args.seed + 2)
+    eval_s = time.perf_counter() - t1
+    print(
+        f"training time: {wall_train:.0f} s wall ({tr['fit_seconds']:.0f} s optimisation, "
+        f"{tr['eval_seconds']:.0f} s Xval checks); test evaluation {eval_s:.0f} s"
+    )
+    print(f"selected checkpoint: step {tr['best_step']} (Xval MSE {tr['best_val_mse']:.3f})")
+    print()
+    rows = [
+        {
+            "metric": "test MSE (50 samples, ±95% t over 4 seqs)",
+            "bayesdyn": f"{res['test_mse']:.2f} ± {res['test_mse_ci95']:.2f}",
+            "published": "4.03 ± 0.20 (Latent SDE, Li et al. 2020)",
+        },
+        {
+            "metric": "test MSE of the 50-sample mean",
+            "bayesdyn": f"{res['test_mse_of_sample_mean']:.2f}",
+            "published": "-",
+        },
+        {
+            "metric": "test CRPS (raw units)",
+            "bayesdyn": f"{res['test_crps']:.3f}",
+            "published": "-",
+        },
+        {
+            "metric": "90% interval coverage",
+            "bayesdyn": f"{res['test_coverage_90']:.3f}",
+            "published": "-",
+        },
+        {
+            "metric": "Xval MSE (selected checkpoint)",
+            "bayesdyn": f"{tr['best_val_mse']:.2f}",
+            "published": "-",
+        },
+    ]
+    common.print_table(rows, ["metric", "bayesdyn", "published"])
+    print("published test MSE:", "; ".join(f"{k} {v}" for k, v in PUBLISHED.items()))
+    argv_used = sys.argv[1:] if argv is None else argv
+    payload = {
+        "command": common.command_line("bench_mocap.py", argv_used),
+        "seed": args.seed,
+        "config_file": os.path.relpath(args.config, common.REPO_ROOT),
+        "config": {k: v for k, v in cfg.items() if k != "model_config"},
+        "num_params": num_params,
+        "train_wall_seconds": wall_train,
+        "fit_seconds": tr["fit_seconds"],
+        "train_threads": torch.get_num_threads(),
+        "selected_step": tr["best_step"],
+        "val_mse": tr["best_val_mse"],
+        "val_history": tr["history"],
+        **res,
+        "table": [
+            {
+                "metric": "test MSE (setup 1)",
+                "bayesdyn": f"{res['test_mse']:.2f} ± {res['test_mse_ci95']:.2f}",
+                "published": "4.03 ± 0.20 (Latent SDE); 4.50 ± 0.32 (SDE matching); 5.98 ± 0.28 (Latent ODE)",
+            },
+            {
+                "metric": "test CRPS / 90% coverage",
+                "bayesdyn": f"{res['test_crps']:.3f} / {res['test_coverage_90']:.3f}",
+                "published": "not reported",
+            },
+            {
+                "metric": "training time (2-core CPU)",
+                "bayesdyn": f"{wall_train / 60:.0f} min, {cfg['num_steps']} steps",
+                "published": "-",
+            },
+        ],
+    }
+    path = common.write_results(NAME, payload, args.out)
+    print(f"results written to {path}")
+    print(f"mocap_test_mse={res['test_mse']:.4f}")
+    return payload
+
+
+if __name__ == "__main__":
+    main()
