@@ -159,7 +159,8 @@ def _quiet(fn, *args, **kwargs):
     The conditions they report are part of the returned object (``warning`` and ``pareto_k``
     for LOO, ``warning`` for WAIC), and the report explains them in words.
     """
-    logger = logging.getLogger("arviz")
+    # ArviZ 0.x logs through its own Logger object (not registered with logging.getLogger)
+    logger = getattr(az, "_log", None) or logging.getLogger("arviz")
     level = logger.level
     # With one chain (a single fit) ArviZ logs "Shape validation failed" for R-hat and returns
     # NaN, which is the documented answer there; the report says so in words.
