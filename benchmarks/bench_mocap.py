@@ -195,7 +195,8 @@ def train(model, data: dict, scaler: Scaler, cfg: dict, seed: int, log) -> dict:
     and each chunk's ``lr_final`` is set so the learning rate follows one exponential decay
     from ``lr`` to ``lr_final`` over ``num_steps``.
     """
-    train_s = to_series(scaler.transform_values(data["Xtr"]))
+    train_scaled = scaler.transform_values(data["Xtr"])
+    train_s = to_series(train_scaled)
     val_scaled = scaler.transform_values(data["Xval"])
     n, every = cfg["num_steps"], cfg["eval_every"]
     decay = (cfg["lr_final"] / cfg["lr"]) ** (1.0 / n)
@@ -228,9 +229,14 @@ def train(model, data: dict, scaler: Scaler, cfg: dict, seed: int, log) -> dict:
             t0 = time.perf_counter()
             mean_s, _ = predict(model, val_scaled, scaler, cfg, cfg["val_samples"], seed + 1)
             val_mse = float(seq_mse(mean_s, data["Xval"], cfg["context_frames"]).mean())
+            # The same score on the training sequences tells under- from over-fitting.
+            tr_s, _ = predict(model, train_scaled, scaler, cfg, 2, seed + 1)
+            train_mse = float(seq_mse(tr_s, data["Xtr"], cfg["context_frames"]).mean())
             eval_seconds += time.perf_counter() - t0
             loss = float(np.mean([h["loss"] for h in res.history[-every:]]))
-            history.append({"step": step, "train_loss": loss, "val_mse": val_mse})
+            history.append(
+                {"step": step, "train_loss": loss, "train_mse": train_mse, "val_mse": val_mse}
+            )
             mark = ""
             if val_mse < best["val_mse"]:
                 best = {
@@ -240,7 +246,8 @@ def train(model, data: dict, scaler: Scaler, cfg: dict, seed: int, log) -> dict:
                 }
                 mark = " *"
             log(
-                f"step {step:5d}  loss {loss:9.4f}  Xval MSE {val_mse:7.3f}{mark}  "
+                f"step {step:5d}  loss {loss:9.4f}  Xtr MSE {train_mse:7.3f}  "
+                f"Xval MSE {val_mse:7.3f}{mark}  "
                 f"(train {fit_seconds:6.0f} s, eval {eval_seconds:4.0f} s)"
             )
     model.load_state_dict(best["state"])
