@@ -1,30 +1,28 @@
 """``to_inference_data``: posterior draws of latent SDE fits as native ArviZ groups.
 
-Layout (dimension names in brackets; ``E`` members map to chains, ``S`` draws to draws):
+Layout (``E`` members map to chains, ``S`` draws to draws):
 
-=====================  ==========  ==============================================================
-group                  variable    dims
-=====================  ==========  ==============================================================
-posterior              z           (chain, draw, series, time, latent_dim), float ``time``
-posterior              z0          (chain, draw, series, latent_dim), the state at ``t0``
-posterior              obs_scale   (chain, draw, channel), observation scale (data units)
-posterior              diffusion   (chain, draw, latent_dim), RMS of ``g(z)`` along the path
-posterior_predictive   obs         (chain, draw, observation), replicated data at the data points
-posterior_predictive   y           (chain, draw, series, time, channel), bands on ``time``
-posterior              intensity   (chain, draw, series, time, mark), jump models only
-predictions            y           (chain, draw, series, forecast_time, channel)
-log_likelihood         obs         (chain, draw, observation), pointwise ``log p(y_i | z)``
-sample_stats           elbo        (chain, draw), one-particle ELBO estimate of the member
-observed_data          obs         (observation), observed values only
-constant_data          observation_time (observation); last_observed (series); event_time,
-                                   event_series, event_mark (event) when data has events
-=====================  ==========  ==============================================================
+- ``posterior``:
+
+  - ``z`` (chain, draw, series, time, latent_dim): the latent path on float ``time``;
+  - ``z0`` (chain, draw, series, latent_dim): the state at ``t0``;
+  - ``obs_scale`` (chain, draw, channel): observation scale (data units with a scaler);
+  - ``diffusion`` (chain, draw, latent_dim): root-mean-square ``g(z)`` along the path;
+  - ``intensity`` (chain, draw, series, time, mark): jump models only (see below).
+- ``posterior_predictive``: ``obs`` (chain, draw, observation), replicated data at the data
+  points; ``y`` (chain, draw, series, time, channel), the predictive on ``time``.
+- ``predictions``: ``y`` (chain, draw, series, forecast_time, channel).
+- ``log_likelihood``: ``obs`` (chain, draw, observation), pointwise ``log p(y_i | z)``.
+- ``sample_stats``: ``elbo`` (chain, draw), one-particle ELBO estimates of each member.
+- ``observed_data``: ``obs`` (observation), the observed values only.
+- ``constant_data``: ``observation_time`` (observation), ``last_observed`` (series) and, for
+  data with events, ``event_time``, ``event_series``, ``event_mark`` (event).
 
 ``observation`` enumerates the observed (series, time, channel) triples (masked values are
 left out), with non-dimension coordinates ``obs_series``, ``obs_time`` and ``obs_channel``; so
 ``az.loo``, ``az.waic``, ``az.plot_ppc(var_names=["obs"])`` and ``az.plot_loo_pit`` work
-directly, and ``az.plot_ts(idata, y="obs", x="observation_time")`` plots one series and channel (select
-it with ``idata.isel(observation=...)``).
+directly, and ``az.plot_ts(idata, y="obs", x="observation_time")`` plots one series and
+channel (select it with ``idata.isel(observation=...)``).
 
 Jump models take part through duck typing: a model with a method ``intensity(z)`` mapping latent
 states ``[..., L]`` to per-mark event intensities ``[..., K]`` gets the posterior ``intensity``.

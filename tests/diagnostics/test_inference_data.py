@@ -239,3 +239,39 @@ def test_only_the_adapter_imports_arviz():
             if any(n == "arviz" or n.startswith("arviz.") for n in names):
                 importers.append(path.relative_to(root).as_posix())
     assert importers == ["diagnostics/_arviz.py"]
+
+
+class _IntensityLatentSDE(LatentSDE):
+    """A LatentSDE with an event intensity read off the latent state (the jump-model hook)."""
+
+    def intensity(self, z):
+        """Two marks: ``softplus(z0)`` and ``softplus(-z1)``. Shapes: ``[..., L] -> [..., 2]``."""
+        return torch.nn.functional.softplus(torch.stack([z[..., 0], -z[..., 1]], -1))
+
+
+def test_jump_hook_intensity_and_events_reach_idata_and_report(fitted):
+    from bayesdyn.diagnostics.report import ReportInputs, figure_jumps
+
+    series, scaled, scaler, members, _ = fitted
+    model = _IntensityLatentSDE(
+        1, latent_dim=2, hidden_dim=8, context_dim=4, dt=0.25, stable_drift=True, t0=0.0
+    ).to(torch.get_default_dtype())
+    model.load_state_dict(members[0].state_dict())
+    rng = np.random.default_rng(0)
+    events = [np.sort(rng.uniform(t[0], t[-1], size=3)) for t in series.times]
+    marks = [rng.integers(0, 2, size=3) for _ in series.times]
+    with_events = IrregularTimeSeries(
+        series.times, series.values, series.mask, events=events, marks=marks
+    )
+    idata = to_inference_data(model, with_events, scaler=scaler, num_samples=4, elbo=False)
+    lam = idata.posterior["intensity"]
+    assert lam.dims == ("chain", "draw", "series", "time", "mark") and lam.shape[-1] == 2
+    z = idata.posterior["z"].values
+    want = np.log1p(np.exp(np.stack([z[..., 0], -z[..., 1]], -1)))
+    np.testing.assert_allclose(lam.values, want, rtol=1e-10)
+    np.testing.assert_allclose(idata.constant_data["event_time"].values, np.concatenate(events))
+    np.testing.assert_array_equal(idata.constant_data["event_mark"].values, np.concatenate(marks))
+    img = figure_jumps(ReportInputs(idata=idata, data=with_events), max_series=2)
+    assert img.startswith('<img alt="event intensities and events" src="data:image/png;base64,')
+    # a run without intensity and events has no jump figure
+    assert figure_jumps(ReportInputs(idata=fitted[-1], data=series), max_series=2) is None
