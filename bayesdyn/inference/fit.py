@@ -42,6 +42,9 @@ class FitResult:
         num_steps: steps taken (may be fewer than asked after early stopping).
         seconds: wall time.
         stopped_early: whether early stopping ended training.
+        divergences: one dict per rollback after a divergence: ``step`` (where it
+            diverged), ``reason``, ``rolled_back_to`` (the checkpoint's step) and ``lr_scale``
+            (the learning-rate factor from then on).
     """
 
     history: list[dict[str, float]] = field(default_factory=list)
@@ -50,6 +53,7 @@ class FitResult:
     num_steps: int = 0
     seconds: float = 0.0
     stopped_early: bool = False
+    divergences: list[dict[str, Any]] = field(default_factory=list)
 
     def summary(self) -> str:
         """One-paragraph text summary."""
@@ -62,6 +66,11 @@ class FitResult:
             s += f"; best validation loss {self.best_val_loss:.4f} at step {self.best_step}"
         if self.stopped_early:
             s += "; stopped early"
+        if self.divergences:
+            s += (
+                f"; recovered from {len(self.divergences)} divergence(s) (learning rate "
+                f"scaled by {self.divergences[-1]['lr_scale']:g})"
+            )
         return s
 
 
@@ -114,8 +123,21 @@ def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": CHECKPOINT_FORMAT, **payload}, tmp)
+    with open(tmp, "wb") as fh:
+        torch.save({"format": CHECKPOINT_FORMAT, **payload}, fh)
+        fh.flush()
+        os.fsync(fh.fileno())  # the bytes are on disk before the rename makes them current
     os.replace(tmp, path)
+    try:  # make the rename itself durable (POSIX); not possible on every platform
+        dfd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
@@ -140,6 +162,79 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return payload
 
 
+class _Diverged(Exception):
+    """Internal signal: this step's loss or gradient was non-finite (``reason`` says which)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _MinibatchObjective:
+    """One step of the default loop: a random mini-batch of series, its loss and gradients.
+
+    The mini-batch order comes from its own generator (``state_dict`` saves it in every
+    checkpoint), so the data order survives a resume independently of the model's noise.
+    """
+
+    def __init__(self, model, batch, batch_size: int, elbo, seed: int | None):
+        self.model, self.batch, self.bs, self.elbo = model, batch, batch_size, elbo
+        self.B = batch.times.shape[0]
+        self.n_obs_full = max(int(batch.mask.sum()), 1)
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, ()))
+        self.order = torch.Generator().manual_seed(int(seed))
+
+    def minibatch(self):
+        """Next mini-batch and its number of observed values."""
+        if self.bs < self.B:
+            idx = torch.randperm(self.B, generator=self.order)[: self.bs]
+            mb = _subset(self.batch, idx)
+            return mb, max(int(mb.mask.sum()), 1)
+        return self.batch, self.n_obs_full
+
+    def __call__(self, step: int, kl_scale: float) -> float:
+        """Loss of step ``step`` (gradients accumulated into the parameters)."""
+        mb, n_obs = self.minibatch()
+        loss = _loss(self.elbo, self.model, mb, kl_scale) / n_obs
+        loss_val = _finite_loss(loss)
+        loss.backward()
+        return loss_val
+
+    def state_dict(self) -> dict:
+        return {"order": self.order.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "order" in state:
+            self.order.set_state(state["order"])
+
+
+def _loss(elbo, model, batch, kl_scale: float) -> torch.Tensor:
+    """Negative ELBO of ``batch``; a diverged SDE solve becomes a :class:`_Diverged` signal."""
+    try:
+        return elbo.differentiable_loss(model.model, model.guide, batch, kl_scale=kl_scale)
+    except SolverDiverged as e:
+        raise _Diverged(f"the SDE solve diverged ({e})") from e
+
+
+def _finite_loss(loss: torch.Tensor) -> float:
+    v = loss.detach().item()
+    if not math.isfinite(v):
+        raise _Diverged(f"the loss became {v}")
+    return v
+
+
+def _snapshot(x):
+    """Deep copy of a (nested) checkpoint payload with tensors cloned."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().clone()
+    if isinstance(x, dict):
+        return {k: _snapshot(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_snapshot(v) for v in x)
+    return copy.deepcopy(x)
+
+
 def fit(
     model,
     data,
@@ -162,6 +257,9 @@ def fit(
     seed: int | None = 0,
     progress: bool | None = None,
     log_every: int = 1,
+    max_divergences: int = 4,
+    chunk_size: int | None = None,
+    data_parallel=None,
 ) -> FitResult:
     """Train a model (``model.model`` / ``model.guide``) by stochastic variational inference.
 
@@ -174,10 +272,23 @@ def fit(
     - gradient clipping (``clip_norm``) and an exponential learning-rate decay to ``lr_final``;
     - early stopping on the validation loss (``val_data``, ``patience``), restoring the best
       parameters at the end;
-    - checkpoints every ``checkpoint_every`` steps (model, optimiser, RNG states, history),
-      written atomically, and ``resume=True`` to continue from the last one;
-    - a non-finite loss or gradient stops training with :class:`FitDiverged`; the model is
-      rolled back to the last good state and the last good checkpoint is kept.
+    - checkpoints every ``checkpoint_every`` steps, written atomically (temporary file, fsync,
+      rename), holding everything a resumed run needs to continue exactly as an uninterrupted
+      one: model and optimiser state, the RNG states (torch, numpy, Python), the data order
+      (the mini-batch generator's state), the annealing and learning-rate schedule, the
+      learning-rate scale after divergences, history and early-stopping state;
+      ``resume=True`` continues from the last one;
+    - divergence recovery: when the loss, the gradient norm or the SDE solve turns
+      non-finite, training rolls back to the last good checkpoint (the one written last, or
+      the starting state), halves the learning rate and continues; the ``max_divergences``-th
+      failure stops with :class:`FitDiverged`, the model rolled back to that checkpoint,
+      which stays intact on disk. Each rollback is recorded in ``FitResult.divergences``.
+
+    Long series: ``chunk_size`` trains by truncated backpropagation through time over time
+    windows of about ``chunk_size`` observations (memory bounded by the window, see
+    :mod:`bayesdyn.inference._chunked`). Several processes: ``data_parallel`` (see
+    :mod:`bayesdyn.inference.distributed`) shards each global mini-batch across
+    ``torch.distributed`` ranks and all-reduces the gradients.
 
     Args:
         model: a :class:`~bayesdyn.models.LatentSDE` (anything with ``model``, ``guide`` and
@@ -185,13 +296,21 @@ def fit(
         data: :class:`~bayesdyn.data.IrregularTimeSeries` or ``IrregularBatch``.
         num_steps: optimisation steps.
         lr, lr_final: initial and final learning rates (default: ``lr_final = lr``).
-        batch_size: series per step (default: all).
+        batch_size: series per step (default: all); the global batch under data parallelism.
         val_data: held-out series for validation (same types as ``data``).
-        seed: seeds torch, numpy and Python for the run (None to leave them).
+        seed: seeds torch, numpy and Python and the data order (None to leave the RNGs).
         progress: show a progress bar (default: when stderr is a terminal).
+        max_divergences: the number of divergences that stops training (1: stop at the first).
+        chunk_size: observations per truncated-BPTT window (None: whole series).
+        data_parallel: a :class:`~bayesdyn.inference.distributed.DataParallel`, or None.
 
     Returns:
         :class:`FitResult`.
+
+    Raises:
+        FitDiverged: after ``max_divergences`` divergences.
+        BayesdynValueError: for invalid arguments, or when ``resume`` finds a checkpoint
+            written with a different schedule.
 
     Shapes:
         ``data`` batches as ``times [B, T]``, ``values [B, T, D]``, ``mask [B, T, D]``.
@@ -207,6 +326,11 @@ def fit(
         raise BayesdynValueError(f"kl_min must lie in (0, 1]; got {kl_min}")
     if resume and checkpoint_dir is None:
         raise BayesdynValueError("resume=True needs checkpoint_dir")
+    for name, v in (("max_divergences", max_divergences), ("checkpoint_every", checkpoint_every)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise BayesdynValueError(f"{name} must be a positive integer; got {v!r}")
+    if chunk_size is not None and data_parallel is not None:
+        raise BayesdynValueError("chunk_size and data_parallel cannot be combined yet")
     batch = _as_batch(data, "data")
     model.check_batch(batch)
     val_batch = None if val_data is None else _as_batch(val_data, "val_data")
@@ -225,94 +349,138 @@ def fit(
         torch.manual_seed(seed)
         np.random.seed(seed)
         random.seed(seed)
+    if chunk_size is not None:
+        from ._chunked import ChunkedObjective
+
+        objective = ChunkedObjective(model, batch, chunk_size, elbo)
+    elif data_parallel is not None:
+        objective = data_parallel.objective(model, batch, bs, elbo, seed)
+    else:
+        objective = _MinibatchObjective(model, batch, bs, elbo, seed)
+    is_writer = data_parallel is None or data_parallel.is_writer
+    schedule = {
+        "lr": lr,
+        "lr_final": lr_final,
+        "kl_anneal_steps": int(kl_anneal_steps),
+        "kl_min": float(kl_min),
+        "batch_size": bs,
+        "num_series": B,
+        "seed": seed,
+        "chunk_size": chunk_size,
+        "world_size": 1 if data_parallel is None else data_parallel.num_shards,
+    }
 
     params = [p for p in model.parameters() if p.requires_grad]
     optim = torch.optim.Adam(params, lr=lr)
     decay = (lr_final / lr) ** (1.0 / max(num_steps, 1))
     result = FitResult()
     start = 0
-    best_state = None
-    bad_vals = 0
+    state = {"best_state": None, "bad_vals": 0, "lr_scale": 1.0}
     ckpt_path = None if checkpoint_dir is None else Path(checkpoint_dir) / "checkpoint.pt"
-    if resume and ckpt_path is not None and ckpt_path.exists():
-        ck = load_checkpoint(ckpt_path)
+
+    def payload(step: int) -> dict:
+        return {
+            "model": model.state_dict(),
+            "optim": optim.state_dict(),
+            "rng": _rng_state(),
+            "data_order": objective.state_dict(),
+            "schedule": schedule,
+            "lr_scale": state["lr_scale"],
+            "divergences": result.divergences,
+            "step": step,
+            "history": result.history,
+            "best_step": result.best_step,
+            "best_val_loss": result.best_val_loss,
+            "best_state": state["best_state"],
+            "bad_vals": state["bad_vals"],
+        }
+
+    def restore(ck: dict) -> int:
         model.load_state_dict(ck["model"])
         optim.load_state_dict(ck["optim"])
         _set_rng_state(ck["rng"])
-        start = int(ck["step"])
+        objective.load_state_dict(ck.get("data_order", {}))
+        state["lr_scale"] = float(ck.get("lr_scale", 1.0))
+        state["best_state"] = ck.get("best_state")
+        state["bad_vals"] = int(ck["bad_vals"])
         result.history = [dict(h) for h in ck["history"]]
+        result.divergences = [dict(d) for d in ck.get("divergences", [])]
         result.best_step = int(ck["best_step"])
         result.best_val_loss = ck["best_val_loss"]
-        best_state = ck.get("best_state")
-        bad_vals = int(ck["bad_vals"])
+        return int(ck["step"])
+
+    if resume and ckpt_path is not None and ckpt_path.exists():
+        ck = load_checkpoint(ckpt_path)
+        old = ck.get("schedule")
+        if old is not None:
+            diff = {k: (old.get(k), v) for k, v in schedule.items() if old.get(k) != v}
+            if diff:
+                what = "; ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in diff.items())
+                raise BayesdynValueError(
+                    f"resume: checkpoint {str(ckpt_path)!r} was written with another schedule "
+                    f"({what}); resume with the same settings or start a new run directory"
+                )
+        start = restore(ck)
+
+    last_good = _snapshot(payload(start))  # the in-memory twin of the last good checkpoint
 
     def checkpoint(step: int) -> None:
-        if ckpt_path is None:
-            return
-        save_checkpoint(
-            ckpt_path,
-            {
-                "model": model.state_dict(),
-                "optim": optim.state_dict(),
-                "rng": _rng_state(),
-                "step": step,
-                "history": result.history,
-                "best_step": result.best_step,
-                "best_val_loss": result.best_val_loss,
-                "best_state": best_state,
-                "bad_vals": bad_vals,
-            },
-        )
+        nonlocal last_good
+        last_good = _snapshot(payload(step))
+        if ckpt_path is not None and is_writer:
+            save_checkpoint(ckpt_path, last_good)
 
-    n_obs_full = max(int(batch.mask.sum()), 1)
     n_obs_val = None if val_batch is None else max(int(val_batch.mask.sum()), 1)
-    last_good = copy.deepcopy(model.state_dict())
     if progress is None:
         progress = sys.stderr.isatty()
     bar = tqdm(total=num_steps, initial=start, disable=not progress, desc="fit", dynamic_ncols=True)
     t_start = time.perf_counter()
     step = start
     try:
-        for step in range(start, num_steps):
+        while step < num_steps:
             kl_scale = (
                 1.0
                 if kl_anneal_steps <= 0
                 else min(1.0, kl_min + (1.0 - kl_min) * step / kl_anneal_steps)
             )
             for g in optim.param_groups:
-                g["lr"] = lr * decay**step
-            if bs < B:
-                idx = torch.randperm(B)[:bs]
-                mb = _subset(batch, idx)
-                n_obs = max(int(mb.mask.sum()), 1)
-            else:
-                mb, n_obs = batch, n_obs_full
+                g["lr"] = lr * decay**step * state["lr_scale"]
             optim.zero_grad(set_to_none=True)
             try:
-                loss = (
-                    elbo.differentiable_loss(model.model, model.guide, mb, kl_scale=kl_scale)
-                    / n_obs
+                loss_val = objective(step, kl_scale)
+                gnorm = torch.nn.utils.clip_grad_norm_(params, clip_norm or float("inf"))
+                if not math.isfinite(float(gnorm)):
+                    raise _Diverged(f"the gradient norm became {float(gnorm)}")
+            except _Diverged as d:
+                optim.zero_grad(set_to_none=True)
+                good = int(last_good["step"])
+                event = {
+                    "step": step,
+                    "reason": d.reason,
+                    "rolled_back_to": good,
+                    "lr_scale": state["lr_scale"] * 0.5,
+                }
+                events = result.divergences + [event]  # the record outlives the rollback
+                n_div = len(events)
+                step = restore(_snapshot(last_good))
+                result.divergences = events
+                bar.n = step
+                if n_div >= max_divergences:
+                    raise FitDiverged(
+                        f"training diverged {n_div} times (max_divergences={max_divergences}); "
+                        f"the last time at step {event['step']}: {d.reason}. Each time it "
+                        f"rolled back to the last good checkpoint and halved the learning "
+                        f"rate; it now stops, rolled back to the last good parameters (step "
+                        f"{good}), and the last good checkpoint is kept. Try a smaller lr, a "
+                        "smaller dt, stable_drift=True or standardised data."
+                    ) from None
+                state["lr_scale"] = event["lr_scale"]
+                bar.write(
+                    f"fit: {d.reason} at step {event['step']}; rolled back to step {good} and "
+                    f"halved the learning rate (scale {state['lr_scale']:g})"
                 )
-            except SolverDiverged as e:
-                raise FitDiverged(
-                    f"the SDE solve diverged at step {step}; rolled back to the last good "
-                    f"parameters. {e}"
-                ) from e
-            loss_val = loss.detach().item()
-            if not math.isfinite(loss_val):
-                raise FitDiverged(
-                    f"the loss became {loss_val} at step {step}; rolled back to the last good "
-                    "parameters. Try a smaller lr, a smaller dt, stable_drift=True or standardised data."
-                )
-            loss.backward()
-            gnorm = torch.nn.utils.clip_grad_norm_(params, clip_norm or float("inf"))
-            if not math.isfinite(float(gnorm)):
-                raise FitDiverged(
-                    f"the gradient norm became {float(gnorm)} at step {step}; rolled back to the "
-                    "last good parameters. Try a smaller lr or clip_norm."
-                )
+                continue
             optim.step()
-            last_good = {k: v.detach().clone() for k, v in model.state_dict().items()}
             rec = {
                 "step": step + 1,
                 "loss": loss_val,
@@ -326,34 +494,31 @@ def fit(
                 if result.best_val_loss is None or rec["val_loss"] < result.best_val_loss:
                     result.best_val_loss = rec["val_loss"]
                     result.best_step = step + 1
-                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                    bad_vals = 0
+                    state["best_state"] = {
+                        k: v.detach().clone() for k, v in model.state_dict().items()
+                    }
+                    state["bad_vals"] = 0
                 else:
-                    bad_vals += 1
+                    state["bad_vals"] += 1
             if (step + 1) % log_every == 0 or "val_loss" in rec:
                 result.history.append(rec)
+            step += 1
             bar.update(1)
             post = {"loss": f"{loss_val:.4f}", "kl": f"{kl_scale:.2f}"}
             if result.best_val_loss is not None:
                 post["val"] = f"{result.best_val_loss:.4f}"
             bar.set_postfix(post, refresh=False)
-            if (step + 1) % checkpoint_every == 0:
-                checkpoint(step + 1)
-            if patience is not None and bad_vals >= patience:
+            if step % checkpoint_every == 0:
+                checkpoint(step)
+            if patience is not None and state["bad_vals"] >= patience:
                 result.stopped_early = True
-                step += 1
                 break
-        else:
-            step = num_steps
-    except FitDiverged:
-        model.load_state_dict(last_good)
-        raise
     finally:
         bar.close()
     result.num_steps = step
     result.seconds = time.perf_counter() - t_start
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    if state["best_state"] is not None:
+        model.load_state_dict(state["best_state"])
     else:
         result.best_step = step
     checkpoint(step)
