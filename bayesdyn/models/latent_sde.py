@@ -386,13 +386,16 @@ class LatentSDE(PyroModule):
                 f"{self.config.covariate_dim}"
             )
 
-    def make_grid(self, batch, query_times: Tensor | None = None) -> UnionGrid:
-        """The solver grid for a batch (and query times). Shapes: ``grid [U]``."""
+    def make_grid(
+        self, batch, query_times: Tensor | None = None, t0: float | None = None
+    ) -> UnionGrid:
+        """The solver grid for a batch (and query times), starting at ``t0`` if given (else
+        ``config.t0``, else the earliest time). Shapes: ``grid [U]``."""
         return make_union_grid(
             batch.times,
             query_times=query_times,
             dt=self.config.dt,
-            t0=self.config.t0,
+            t0=self.config.t0 if t0 is None else t0,
             rounding=self.config.step_rounding,
         )
 
@@ -504,19 +507,34 @@ class LatentSDE(PyroModule):
         return self.encoder(batch.times, batch.values, batch.mask, batch.lengths)
 
     # ------------------------------------------------------------------ Pyro
-    def model(self, batch, query_times: Tensor | None = None, kl_scale: float = 1.0) -> Tensor:
-        """Generative model; see the module docstring for the sites and shapes."""
+    def model(
+        self,
+        batch,
+        query_times: Tensor | None = None,
+        kl_scale: float = 1.0,
+        z0: Tensor | None = None,
+        t0: float | None = None,
+    ) -> Tensor:
+        """Generative model; see the module docstring for the sites and shapes.
+
+        ``z0 [B, L]`` and ``t0`` (optional, together) start the path from a given state at
+        time ``t0`` instead of sampling site ``"z0"`` (used by truncated backprop through
+        time, which carries the state from one time window to the next).
+        """
         self.check_batch(batch)
         pyro.module("latent_sde", self)
-        grid = self.make_grid(batch, query_times)
+        grid = self.make_grid(batch, query_times, t0)
         B, T = batch.times.shape
         L = self.config.latent_dim
         sde = self.prior_sde(batch, grid.grid)
         with pyro.plate("series", B, dim=-2):
             with poutine.scale(scale=kl_scale):
-                loc = self.z0_prior.loc.expand(B, 1, L)
-                scale = self.z0_prior.scale().expand(B, 1, L)
-                z0 = pyro.sample(Z0_SITE, dist.Normal(loc, scale).to_event(1))
+                if z0 is None:
+                    loc = self.z0_prior.loc.expand(B, 1, L)
+                    scale = self.z0_prior.scale().expand(B, 1, L)
+                    z0 = pyro.sample(Z0_SITE, dist.Normal(loc, scale).to_event(1))
+                else:
+                    z0 = self._given_state(z0, B)
                 z = pyro.sample(PATH_SITE, SDEPath(sde, z0, grid.grid))
             path = z.squeeze(-3)  # [..., B, U, L]
             latent = gather_on_grid(path, grid.index)
@@ -534,11 +552,30 @@ class LatentSDE(PyroModule):
                     pyro.sample(PRED_SITE, self.decoder(gather_on_grid(path, qidx)).to_event(1))
         return latent
 
-    def guide(self, batch, query_times: Tensor | None = None, kl_scale: float = 1.0) -> Tensor:
-        """Amortised guide: ``q(z0)`` and the posterior SDE. Returns the path ``[..., B, 1, U, L]``."""
+    def _given_state(self, z0: Tensor, B: int) -> Tensor:
+        L = self.config.latent_dim
+        if not isinstance(z0, Tensor) or z0.shape[-2:] != (B, L):
+            raise BayesdynValueError(
+                f"z0 must be a tensor [B, L] = [{B}, {L}]; got {getattr(z0, 'shape', z0)}"
+            )
+        return z0.unsqueeze(-2)
+
+    def guide(
+        self,
+        batch,
+        query_times: Tensor | None = None,
+        kl_scale: float = 1.0,
+        z0: Tensor | None = None,
+        t0: float | None = None,
+    ) -> Tensor:
+        """Amortised guide: ``q(z0)`` and the posterior SDE. Returns the path ``[..., B, 1, U, L]``.
+
+        With ``z0 [B, L]`` and ``t0`` the posterior path starts from that state at ``t0`` (no
+        site ``"z0"``), as in :meth:`model`.
+        """
         self.check_batch(batch)
         pyro.module("latent_sde", self)
-        grid = self.make_grid(batch, query_times)
+        grid = self.make_grid(batch, query_times, t0)
         B = batch.times.shape[0]
         L = self.config.latent_dim
         context = self.encode(batch)
@@ -547,9 +584,12 @@ class LatentSDE(PyroModule):
         sde = self.posterior_sde(batch, grid.grid, context)
         with pyro.plate("series", B, dim=-2):
             with poutine.scale(scale=kl_scale):
-                z0 = pyro.sample(
-                    Z0_SITE, dist.Normal(loc.unsqueeze(1), scale.unsqueeze(1)).to_event(1)
-                )
+                if z0 is None:
+                    z0 = pyro.sample(
+                        Z0_SITE, dist.Normal(loc.unsqueeze(1), scale.unsqueeze(1)).to_event(1)
+                    )
+                else:
+                    z0 = self._given_state(z0, B)
                 return pyro.sample(PATH_SITE, SDEPath(sde, z0, grid.grid))
 
     # ------------------------------------------------------------------ save / load
