@@ -107,7 +107,8 @@ class FilterEncoder(nn.Module):
         for _ in range(self.num_substeps):
             u, r = torch.sigmoid(self.ode_ur(h)).chunk(2, dim=-1)
             c = torch.tanh(self.ode_c(r * h))
-            h = c + (h - c) * torch.exp(-rate * (1 - u) * delta)
+            # h + (c - h)(1 - e^{-x}): exactly h at a zero gap (padding rows stay put).
+            h = h - (c - h) * torch.expm1(-rate * (1 - u) * delta)
         return h
 
     def jump(self, h: Tensor, values: Tensor, mask: Tensor) -> Tensor:
