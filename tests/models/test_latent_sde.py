@@ -140,7 +140,7 @@ def test_bad_batch(mutate, err, match):
     "opts, match",
     [
         (dict(latent_dim=0), "latent_dim must be a positive integer; got 0"),
-        (dict(encoder="lstm"), "encoder must be 'gru' or 'first_k'; got 'lstm'"),
+        (dict(encoder="lstm"), "encoder must be 'gru', 'first_k' or 'filter'; got 'lstm'"),
         (dict(decoder="poisson"), "decoder must be 'gaussian' or 'student_t'"),
         (dict(dt=-1.0), "dt must be a finite positive number; got -1.0"),
         (dict(bogus=1), r"unknown LatentSDE option\(s\) \['bogus'\]"),
