@@ -22,7 +22,7 @@ def test_site_names_are_api():
 @pytest.mark.parametrize("B", [1, 4])
 @pytest.mark.parametrize("T", [1, 7])
 @pytest.mark.parametrize("D", [1, 3])
-@pytest.mark.parametrize("encoder", ["gru", "first_k"])
+@pytest.mark.parametrize("encoder", ["gru", "first_k", "filter"])
 def test_model_and_guide_shapes(B, T, D, encoder):
     batch = ragged_batch(B, T, D)
     m = make(D, encoder=encoder)
