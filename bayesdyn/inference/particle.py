@@ -395,6 +395,41 @@ class FilterResult:
     num_resamples: Tensor
     num_particles: int
 
+    def plot(self, series: Sequence[int] | None = None, *, max_series: int = 4):
+        """Filtering band (outer quantiles), median or mean per latent dimension, and the ESS.
+
+        Returns a matplotlib ``Figure`` with one row per series: the latent filtering
+        distribution on the left, the ESS trace (with ``N``) on the right.
+        """
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        B = self.means.shape[0]
+        series = list(range(min(B, max_series))) if series is None else list(series)
+        for b in series:
+            if not 0 <= b < B:
+                raise BayesdynValueError(f"series index {b} out of range for {B} series")
+        fig, axes = plt.subplots(len(series), 2, figsize=(9, 2.4 * len(series)), squeeze=False)
+        t = self.times.detach().cpu()
+        lo, hi = self.quantiles[0].detach().cpu(), self.quantiles[-1].detach().cpu()
+        mean = self.means.detach().cpu()
+        for r, b in enumerate(series):
+            ax, ax_ess = axes[r]
+            for d in range(mean.shape[-1]):
+                ax.fill_between(t[b], lo[b, :, d], hi[b, :, d], alpha=0.25, color=f"C{d}")
+                ax.plot(t[b], mean[b, :, d], color=f"C{d}", lw=1.2, label=f"z{d} mean")
+            levels = f"{self.quantile_levels[0]:g}-{self.quantile_levels[-1]:g}"
+            ax.set_title(f"series {b}: filtering distribution ({levels} band)", fontsize=9)
+            ax_ess.plot(t[b], self.ess[b].detach().cpu(), "k.-", lw=0.8)
+            ax_ess.axhline(self.num_particles, color="grey", ls="--", lw=0.8)
+            ax_ess.set_ylim(0, self.num_particles * 1.05)
+            ax_ess.set_title(f"series {b}: ESS of {self.num_particles} particles", fontsize=9)
+        axes[0][0].legend(fontsize=7, loc="best")
+        fig.tight_layout()
+        return fig
+
 
 class _Carry(NamedTuple):
     """The particle system between updates (sizes independent of the history)."""

@@ -438,3 +438,16 @@ def test_bad_state_space_is_named():
         SDEStateSpace(sde, init2, lambda z: z, dt=0.1)
     with pytest.raises(ValueError, match="dt must be a finite positive number; got -0.1"):
         SDEStateSpace(sde, init2, lambda z: dist.Normal(z, 1.0), dt=-0.1)
+
+
+def test_result_plot_draws_bands_and_ess():
+    import matplotlib.pyplot as plt
+
+    lg = LinearGaussianSDE.ou(1.0, 0.0, 0.5, 0.2, t0=0.0)
+    res = ParticleFilter(lg.state_space(0.1), 50).run(ou_data(num_series=3, n=6), seed=0)
+    fig = res.plot()
+    assert len(fig.axes) == 6
+    assert len(fig.axes[0].collections) == 1 and len(fig.axes[1].lines) == 2
+    plt.close(fig)
+    with pytest.raises(ValueError, match="series index 5 out of range for 3 series"):
+        res.plot(series=[5])
