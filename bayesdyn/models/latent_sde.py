@@ -232,20 +232,52 @@ class _BoundSDE(AbstractSDE):
         return f, g
 
     def sample_path(self, z0: Tensor, grid: Tensor, noise: Tensor) -> tuple | None:
-        """Fused Euler–Maruyama ``(path, drift, diffusion)`` while training, or None.
+        """Fused Euler–Maruyama ``(path, drift, diffusion, prior drift)`` while training, or None.
 
         The same scheme as stepping with :meth:`step`, in one autograd node with a
-        hand-written backward (see :func:`~bayesdyn.models.nets.fused_euler_path`). Returns None
-        (callers fall back to the generic loop) without gradients, when the posterior drift
-        switches to the prior's inside the grid, or for unsupported networks.
+        hand-written backward (see :func:`~bayesdyn.models.nets.fused_euler_path`); for a
+        posterior SDE the prior drift along the path comes out of the same pass (the path KL
+        reads it, see :meth:`same_prior`). Returns None (callers fall back to the generic loop)
+        without gradients or for unsupported networks.
 
         Shapes: ``z0 [..., L]``, ``grid [U]``, ``noise [..., U-1, L]``.
         """
         if not torch.is_grad_enabled() or grid.shape != self.grid.shape:
             return None
-        if self.bridge is not None or (self._prior is not None and not all(self._all_active[:-1])):
-            return None
-        return fused_euler_path(self._drift, self._diffusion, z0, self.pre, grid, noise)
+        prior = active = None
+        if self._prior is not None:
+            prior = (self._prior._drift, self._prior.pre)
+            active = None if all(self._all_active[:-1]) else self.active
+        out = fused_euler_path(
+            self._drift,
+            self._diffusion,
+            z0,
+            self.pre,
+            grid,
+            noise,
+            prior=prior,
+            active=active,
+            bridge=self.bridge,
+        )
+        if out is None and prior is not None:
+            # An unsupported prior net: fuse the posterior alone where nothing needs the prior.
+            if self.bridge is None and active is None:
+                out = fused_euler_path(self._drift, self._diffusion, z0, self.pre, grid, noise)
+        return out
+
+    def same_prior(self, other: AbstractSDE) -> bool:
+        """True if ``other`` is this posterior's prior SDE: the same drift and diffusion nets on
+        the same grid with equal features, so the prior drift from :meth:`sample_path` is
+        ``other``'s drift along the sampled path."""
+        p = self._prior
+        if p is None or not isinstance(other, _BoundSDE):
+            return False
+        if other._drift is not p._drift or other._diffusion is not p._diffusion:
+            return False
+        if other.grid.shape != p.grid.shape or not torch.equal(other.grid, p.grid):
+            return False
+        a, b = other.pre, p.pre
+        return a is b or (a.shape == b.shape and bool(torch.equal(a, b)))
 
     def on_path(self, ts: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
         return self.drift_on_path(ts, z), self._diffusion(z)

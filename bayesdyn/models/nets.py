@@ -394,145 +394,299 @@ def _softplus_mlp_layers(drift: DriftNet) -> list[nn.Linear] | None:
     return linears
 
 
+def _mlp_params(drift: DriftNet, layers: list[nn.Linear]) -> list[Tensor]:
+    params = [drift.first.weight[:, : drift.state_dim]]
+    for lin in layers:
+        params += [lin.weight, lin.bias]
+    return params
+
+
 def fused_euler_path(
-    drift: DriftNet, diffusion: DiagonalDiffusion, z0: Tensor, pre: Tensor, grid: Tensor, noise
-) -> tuple[Tensor, Tensor, Tensor] | None:
-    """Euler–Maruyama for a softplus :class:`DriftNet` and :class:`DiagonalDiffusion` in one
+    drift: DriftNet,
+    diffusion: DiagonalDiffusion,
+    z0: Tensor,
+    pre: Tensor,
+    grid: Tensor,
+    noise: Tensor,
+    *,
+    prior: tuple[DriftNet, Tensor] | None = None,
+    active: Tensor | None = None,
+    bridge: tuple[Tensor, Tensor] | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None] | None:
+    """Euler–Maruyama for softplus :class:`DriftNet` s and a :class:`DiagonalDiffusion` in one
     autograd node with a hand-written backward pass (backprop through the steps by hand).
 
-    Same scheme and the same numbers as :func:`bayesdyn.solvers.euler_maruyama` with
-    ``f = drift.forward_pre(z, pre[..., k, :])`` and ``g = diffusion(z)``; it only removes the
-    per-step autograd bookkeeping and stores fewer activations. Returns None where it does not
-    apply (other activations, ``stable`` drift, constant diffusion), so callers fall back.
+    At step ``k`` the drift used is ``f_q = drift.forward_pre(z, pre_k) + (target_k - z) *
+    rate_k`` (the bridge term only with ``bridge``), replaced by the prior drift
+    ``f_p = prior_drift.forward_pre(z, prior_pre_k)`` where ``active_k`` is False; ``g =
+    diffusion(z)``. These are the same scheme and the same numbers as
+    :func:`bayesdyn.solvers.euler_maruyama` stepping with that drift; the fused node only
+    removes the per-step autograd bookkeeping and keeps fewer activations. With ``prior`` the
+    prior drift along the path is returned too (the low-variance path KL needs it), computed
+    in the same pass.
 
-    Shapes: ``z0 [..., L]``, ``pre [H]`` or broadcastable ``[..., U, H]``, ``grid [U]``,
-    ``noise [..., U-1, L]`` -> ``path [..., U, L]``, ``drift``/``diffusion [..., U-1, L]``.
+    Returns None where it does not apply (other activations, ``stable`` drift, constant
+    diffusion), so callers fall back to the generic loop.
+
+    Shapes: ``z0 [..., L]``, ``pre`` and ``prior[1]`` ``[H]`` or broadcastable ``[..., U, H]``,
+    ``grid [U]``, ``noise [..., U-1, L]``, ``active`` broadcastable ``[..., U]``, ``bridge``
+    two broadcastable ``[..., U, L]`` -> ``path [..., U, L]``, ``drift``, ``diffusion`` and
+    prior drift (or None) ``[..., U-1, L]``.
     """
     layers = _softplus_mlp_layers(drift)
     if layers is None or not diffusion.state_dependent:
         return None
+    params = _mlp_params(drift, layers)
+    n_prior = 0
+    prior_pre = None
+    if prior is not None:
+        p_layers = _softplus_mlp_layers(prior[0])
+        if p_layers is None:
+            return None
+        prior_pre = prior[1]
+        p_params = _mlp_params(prior[0], p_layers)
+        n_prior = len(p_layers)
+        params += p_params
+    elif active is not None:
+        raise BayesdynValueError("fused_euler_path: active needs a prior drift to switch to")
+    params += [diffusion.w1, diffusion.b1, diffusion.w2, diffusion.out_bias]
     dts = (grid[1:] - grid[:-1]).to(z0.dtype)
     scaled = noise * dts.sqrt().unsqueeze(-1)
-    params = [drift.first.weight[:, : drift.state_dim]]
-    for lin in layers:
-        params += [lin.weight, lin.bias]
-    params += [diffusion.w1, diffusion.b1, diffusion.w2, diffusion.out_bias]
-    meta = (dts.tolist(), diffusion.min_scale, diffusion.max_scale, len(layers))
-    return _FusedEulerFn.apply(meta, z0, scaled, pre, *params)
+    target, rate = bridge if bridge is not None else (None, None)
+    meta = (dts.tolist(), diffusion.min_scale, diffusion.max_scale, len(layers), n_prior)
+    path, f, g, f_p = _FusedEulerFn.apply(
+        meta, z0, scaled, pre, prior_pre, active, target, rate, *params
+    )
+    return path, f, g, (f_p if prior is not None else None)
+
+
+def _per_step(x: Tensor | None, zb: torch.Size, N: int, U: int) -> list[Tensor] | None:
+    """Rows of a per-grid-point input ``[..., U, W]`` as ``U`` tensors ``[N, W]`` (None stays)."""
+    if x is None:
+        return None
+    return x.expand(zb + x.shape[-2:]).reshape(N, U, x.shape[-1]).unbind(1)
+
+
+class _MLPSteps:
+    """Forward and hand-written backward of one softplus drift MLP, one solver step at a time.
+
+    ``pre`` is the grid-known part of the first layer (``[H]`` or ``[..., U, H]``); its
+    gradient is accumulated per step and mapped back onto its shape by :meth:`grad_pre`.
+    """
+
+    def __init__(self, pre: Tensor, params: list[Tensor], zb: torch.Size, N: int, U: int):
+        self.w_z = params[0]
+        n_lin = (len(params) - 1) // 2
+        self.lin = [(params[1 + 2 * i], params[2 + 2 * i]) for i in range(n_lin)]
+        self.pre_shape = pre.shape
+        H = self.w_z.shape[0]
+        self.per_step = pre.dim() >= 2
+        if self.per_step:
+            self.pre_rows = pre.expand(zb + pre.shape[-2:]).movedim(-2, 0)  # [U, ..., H]
+        else:
+            self.pre_2d = pre.expand(N, H)
+        self.zb, self.N, self.U, self.H = zb, N, U, H
+        self.acts: list = []
+
+    def forward(self, k: int, z: Tensor) -> Tensor:
+        pk = self.pre_rows[k].reshape(self.N, self.H) if self.per_step else self.pre_2d
+        a = torch.addmm(pk, z, self.w_z.t())
+        h = F.softplus(a)
+        acts = [(a, h)]
+        for w, b in self.lin[:-1]:
+            a = torch.addmm(b, h, w.t())
+            h = F.softplus(a)
+            acts.append((a, h))
+        self.acts.append(acts)
+        w_out, b_out = self.lin[-1]
+        return torch.addmm(b_out, h, w_out.t())
+
+    def start_backward(self) -> None:
+        like = self.w_z
+        self.g_wz = torch.zeros_like(like)
+        self.g_lin = [(torch.zeros_like(w), torch.zeros_like(b)) for w, b in self.lin]
+        if self.per_step:
+            self.g_pre = like.new_empty(self.U, self.N, self.H)
+            self.g_pre[self.U - 1].zero_()
+        else:
+            self.g_pre = like.new_zeros(self.N, self.H)
+
+    def backward(self, k: int, z: Tensor, gf: Tensor) -> Tensor:
+        """Accumulate parameter gradients of step ``k``; return the gradient wrt ``z``."""
+        acts = self.acts[k]
+        n_lin = len(self.lin)
+        g_w, g_b = self.g_lin[-1]
+        g_w.addmm_(gf.t(), acts[-1][1])
+        g_b.add_(gf.sum(0))
+        gh = gf @ self.lin[-1][0]
+        for i in reversed(range(n_lin)):
+            ga = torch.sigmoid(acts[i][0]).mul_(gh)
+            if i > 0:
+                g_w, g_b = self.g_lin[i - 1]
+                g_w.addmm_(ga.t(), acts[i - 1][1])
+                g_b.add_(ga.sum(0))
+                gh = ga @ self.lin[i - 1][0]
+        if self.per_step:
+            self.g_pre[k] = ga
+        else:
+            self.g_pre.add_(ga)
+        self.g_wz.addmm_(ga.t(), z)
+        return ga @ self.w_z
+
+    def grads(self) -> tuple[Tensor, list[Tensor]]:
+        """``(grad of pre, [grad w_z, grad w, grad b, ...])``."""
+        if self.per_step:
+            g = self.g_pre.view((self.U,) + self.zb + (self.H,)).movedim(0, -2)
+            grad_pre = g.sum_to_size(self.pre_shape)
+        else:
+            grad_pre = self.g_pre.sum(0)
+        flat = [self.g_wz] + [t for pair in self.g_lin for t in pair]
+        return grad_pre, flat
 
 
 class _FusedEulerFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, meta, z0, scaled, pre, w_z, *params):
-        dt_list, lo, hi, n_lin = meta
-        lin = [(params[2 * i], params[2 * i + 1]) for i in range(n_lin)]
-        w1, b1, w2, out_bias = params[2 * n_lin :]
+    def forward(ctx, meta, z0, scaled, pre, prior_pre, active, target, rate, *params):
+        dt_list, lo, hi, n_lin, n_prior = meta
+        n_q = 1 + 2 * n_lin
+        n_p = 1 + 2 * n_prior if n_prior else 0
+        q_params, p_params = params[:n_q], params[n_q : n_q + n_p]
+        w1, b1, w2, out_bias = params[n_q + n_p :]
         zb, L = z0.shape[:-1], z0.shape[-1]
         num_steps = len(dt_list)
+        U = num_steps + 1
         N = zb.numel()
-        H = w_z.shape[0]
         z = z0.reshape(N, L)
         noise_steps = scaled.expand(zb + scaled.shape[-2:]).reshape(N, num_steps, L).unbind(1)
-        per_step_pre = pre.dim() >= 2
-        if per_step_pre:
-            pre_t = pre.movedim(-2, 0)  # [U, ..., H]
-        else:
-            pre_2d = pre.expand(N, H)
-        states, drifts, diffs, acts = [z], [], [], []
+        mlp_q = _MLPSteps(pre, list(q_params), zb, N, U)
+        mlp_p = _MLPSteps(prior_pre, list(p_params), zb, N, U) if n_prior else None
+        act_steps = None
+        if active is not None:
+            act = active.expand(zb + active.shape[-1:]).reshape(N, U)
+            if not bool(act[:, :num_steps].all()):  # else the posterior drift applies everywhere
+                act_steps = act.unsqueeze(-1).unbind(1)  # U x [N, 1] bool
+        tgt_steps = _per_step(target, zb, N, U)
+        rate_steps = _per_step(rate, zb, N, U)
+        # Diffusion in [L, N, Hd] layout: per-dimension nets become batched matmuls.
+        w1t, b1t, w2t = w1.unsqueeze(1), b1.unsqueeze(1), w2.unsqueeze(-1)
+        ob = out_bias.view(L, 1, 1)
         span = hi - lo
+        states, drifts, diffs, prior_drifts = [z], [], [], []
         for k in range(num_steps):
-            pk = pre_t[k].expand(zb + (H,)).reshape(N, H) if per_step_pre else pre_2d
-            a = torch.addmm(pk, z, w_z.t())
-            h = F.softplus(a)
-            layer_acts = [(a, h)]
-            for w, b in lin[:-1]:
-                a = torch.addmm(b, h, w.t())
-                h = F.softplus(a)
-                layer_acts.append((a, h))
-            w_out, b_out = lin[-1]
-            f = torch.addmm(b_out, h, w_out.t())
-            hd = F.softplus(torch.addcmul(b1, z.unsqueeze(-1), w1))  # [N, L, Hd], not kept
-            g = torch.sigmoid((hd * w2).sum(-1).add_(out_bias)).mul_(span).add_(lo)
+            f = mlp_q.forward(k, z)
+            if tgt_steps is not None:
+                f = torch.addcmul(f, tgt_steps[k] - z, rate_steps[k])
+            if mlp_p is not None:
+                fp = mlp_p.forward(k, z)
+                prior_drifts.append(fp)
+                if act_steps is not None:
+                    f = torch.where(act_steps[k], f, fp)
+            zt = z.t().unsqueeze(-1)  # [L, N, 1]
+            hd = F.softplus(torch.addcmul(b1t, zt, w1t))  # [L, N, Hd], not kept
+            g = torch.baddbmm(ob, hd, w2t).sigmoid_().mul_(span).add_(lo).squeeze(-1).t()
             z = torch.addcmul(torch.add(z, f, alpha=dt_list[k]), g, noise_steps[k])
             states.append(z)
             drifts.append(f)
             diffs.append(g)
-            acts.append(layer_acts)
-        path = torch.stack(states, 1).view(zb + (num_steps + 1, L))
-        drift = torch.stack(drifts, 1).view(zb + (num_steps, L)) if num_steps else None
-        diff = torch.stack(diffs, 1).view(zb + (num_steps, L)) if num_steps else None
-        if not num_steps:
+        path = torch.stack(states, 1).view(zb + (U, L))
+        if num_steps:
+            drift = torch.stack(drifts, 1).view(zb + (num_steps, L))
+            diff = torch.stack(diffs, 1).view(zb + (num_steps, L))
+        else:
             drift = diff = z0.new_zeros(zb + (0, L))
+        if mlp_p is not None:
+            f_p = torch.stack(prior_drifts, 1).view(zb + (num_steps, L)) if num_steps else drift
+        else:
+            f_p = z0.new_zeros(0)
         ctx.meta = meta
-        ctx.pre_shape = pre.shape
-        ctx.cache = (states, diffs, acts, noise_steps)
-        ctx.save_for_backward(w_z, *params)
-        return path, drift, diff
+        ctx.shapes = (zb, N, U, L)
+        ctx.bridge_shapes = None if target is None else (target.shape, rate.shape)
+        ctx.cache = (states, diffs, noise_steps, mlp_q, mlp_p, act_steps, tgt_steps, rate_steps)
+        ctx.save_for_backward(w1, b1, w2, out_bias)
+        return path, drift, diff, f_p
 
     @staticmethod
-    def backward(ctx, grad_path, grad_drift, grad_diff):
-        dt_list, lo, hi, n_lin = ctx.meta
-        w_z, *params = ctx.saved_tensors
-        lin = [(params[2 * i], params[2 * i + 1]) for i in range(n_lin)]
-        w1, b1, w2, out_bias = params[2 * n_lin :]
-        states, diffs, acts, noise_steps = ctx.cache
-        ctx.cache = None
-        num_steps = len(dt_list)
-        N, L = states[0].shape
-        H = w_z.shape[0]
-        zb = grad_path.shape[:-2]
+    def backward(ctx, grad_path, grad_drift, grad_diff, grad_prior):
+        dt_list, lo, hi, _, _ = ctx.meta
+        zb, N, U, L = ctx.shapes
+        w1, b1, w2, out_bias = ctx.saved_tensors
+        states, diffs, noise_steps, mlp_q, mlp_p, act_steps, tgt_steps, rate_steps = ctx.cache
+        num_steps = U - 1
         span = hi - lo
-        gp = grad_path.reshape(N, num_steps + 1, L)
-        gd = grad_drift.reshape(N, num_steps, L)
-        gg_all = grad_diff.reshape(N, num_steps, L)
-        g_wz = torch.zeros_like(w_z)
-        g_lin = [(torch.zeros_like(w), torch.zeros_like(b)) for w, b in lin]
-        g_w1, g_b1, g_w2 = torch.zeros_like(w1), torch.zeros_like(b1), torch.zeros_like(w2)
-        g_ob = torch.zeros_like(out_bias)
-        g_pre = states[0].new_zeros(num_steps, N, H)
+        zeros = states[0].new_zeros(N, num_steps, L)
+        gp = grad_path.reshape(N, U, L)
+        gd = zeros if grad_drift is None else grad_drift.reshape(N, num_steps, L)
+        gg_all = zeros if grad_diff is None else grad_diff.reshape(N, num_steps, L)
+        gfp_all = None
+        if mlp_p is not None and grad_prior is not None:
+            gfp_all = grad_prior.reshape(N, num_steps, L)
+        mlp_q.start_backward()
+        if mlp_p is not None:
+            mlp_p.start_backward()
+        g_tgt = g_rate = None
+        if tgt_steps is not None:
+            g_tgt = states[0].new_zeros(N, U, L)
+            g_rate = states[0].new_zeros(N, U, L)
+        w1t, b1t = w1.unsqueeze(1), b1.unsqueeze(1)  # [L, 1, Hd]
+        w12 = (w1 * w2).unsqueeze(-1)  # [L, Hd, 1]
+        g_w1 = torch.zeros_like(w1).unsqueeze(-1)  # [L, Hd, 1]
+        g_b1 = torch.zeros_like(b1)
+        g_w2 = torch.zeros_like(w2).unsqueeze(-1)  # [L, Hd, 1]
+        g_ob = states[0].new_zeros(N, L)
         adj = gp[:, num_steps].clone()
         for k in reversed(range(num_steps)):
             z = states[k]
             gf = torch.add(gd[:, k], adj, alpha=dt_list[k])
             gg = torch.addcmul(gg_all[:, k], adj, noise_steps[k])
-            # Drift MLP, last layer first.
-            layer_acts = acts[k]
-            w_out, _ = lin[-1]
-            g_lin[-1][0].addmm_(gf.t(), layer_acts[-1][1])
-            g_lin[-1][1].add_(gf.sum(0))
-            gh = gf @ w_out
-            for i in reversed(range(n_lin)):
-                a, _ = layer_acts[i]
-                ga = torch.sigmoid(a).mul_(gh)
-                if i > 0:
-                    g_lin[i - 1][0].addmm_(ga.t(), layer_acts[i - 1][1])
-                    g_lin[i - 1][1].add_(ga.sum(0))
-                    gh = ga @ lin[i - 1][0]
-                else:
-                    g_pre[k] = ga
-                    g_wz.addmm_(ga.t(), z)
-                    gz = ga @ w_z
-            # Diffusion.
+            # Drift: split the gradient between the posterior and the prior drift.
+            gfp = None if gfp_all is None else gfp_all[:, k]
+            if act_steps is not None:
+                a = act_steps[k]
+                off = torch.where(a, 0.0, gf)
+                gfp = off if gfp is None else gfp + off
+                gf = torch.where(a, gf, 0.0)
+            gz = mlp_q.backward(k, z, gf)
+            if tgt_steps is not None:
+                g_tgt[:, k] = gf * rate_steps[k]
+                g_rate[:, k] = gf * (tgt_steps[k] - z)
+                gz.addcmul_(gf, rate_steps[k], value=-1.0)
+            if mlp_p is not None:
+                gz.add_(mlp_p.backward(k, z, gfp if gfp is not None else torch.zeros_like(gf)))
+            # Diffusion, [L, N, Hd] layout; its activations are recomputed, not stored.
             s = (diffs[k] - lo) / span
-            graw = (gg * span * s * (1.0 - s)).unsqueeze(-1)  # [N, L, 1]
-            # The diffusion's [N, L, Hd] activations are recomputed here rather than stored for
-            # every step: they would be the largest per-step memory of the whole pass.
-            ad = torch.addcmul(b1, z.unsqueeze(-1), w1)
-            g_w2.add_((F.softplus(ad) * graw).sum(0))
-            gad = ad.sigmoid_().mul_(w2).mul_(graw)
-            g_b1.add_(gad.sum(0))
-            g_w1.add_((gad * z.unsqueeze(-1)).sum(0))
-            g_ob.add_(graw.sum((0, 2)))
-            gz.add_((gad * w1).sum(-1))
+            graw = (gg * span * s * (1.0 - s)).t().unsqueeze(-1)  # [L, N, 1]
+            zt = z.t().unsqueeze(-1)
+            ad = torch.addcmul(b1t, zt, w1t)  # [L, N, Hd]
+            g_w2.baddbmm_(F.softplus(ad).transpose(1, 2), graw)
+            q = ad.sigmoid_().mul_(graw)  # d loss / d pre-activation, over w2
+            g_b1.addcmul_(q.sum(1), w2)
+            g_w1.baddbmm_(q.transpose(1, 2), zt)
+            gz.add_(torch.bmm(q, w12).squeeze(-1).t())
+            g_ob.add_(graw.squeeze(-1).t())
             adj = adj.add_(gz).add_(gp[:, k])
-        # Map the per-step first-layer gradients back onto ``pre``'s shape.
-        g_pre = g_pre.view((num_steps,) + zb + (H,)).movedim(0, -2)  # [..., U-1, H]
-        if len(ctx.pre_shape) >= 2:
-            full = g_pre.new_zeros(zb + (num_steps + 1, H))
-            full[..., :num_steps, :] = g_pre
-            grad_pre = full.sum_to_size(ctx.pre_shape)
-        else:
-            grad_pre = g_pre.sum_to_size(ctx.pre_shape)
-        grad_z0 = adj.view(zb + (L,))
-        flat = [t for pair in g_lin for t in pair]
-        return (None, grad_z0, None, grad_pre, g_wz, *flat, g_w1, g_b1, g_w2, g_ob)
+        grad_pre, q_flat = mlp_q.grads()
+        grad_prior_pre, p_flat = (None, [])
+        if mlp_p is not None:
+            grad_prior_pre, p_flat = mlp_p.grads()
+        grad_tgt = grad_rate = None
+        if g_tgt is not None:
+            t_shape, r_shape = ctx.bridge_shapes
+            grad_tgt = g_tgt.view(zb + (U, L)).sum_to_size(t_shape)
+            grad_rate = g_rate.view(zb + (U, L)).sum_to_size(r_shape)
+        g_w1 = g_w1.squeeze(-1).mul_(w2)
+        return (
+            None,
+            adj.view(zb + (L,)),
+            None,
+            grad_pre,
+            grad_prior_pre,
+            None,
+            grad_tgt,
+            grad_rate,
+            *q_flat,
+            *p_flat,
+            g_w1,
+            g_b1,
+            g_w2.squeeze(-1),
+            g_ob.sum(0),
+        )

@@ -75,6 +75,7 @@ class SDEPath(TorchDistribution):
         self.z0 = z0
         self.grid = grid.to(z0.dtype)
         self._cache: tuple[Tensor, Tensor, Tensor] | None = None
+        self._prior_drift: Tensor | None = None
         super().__init__(
             z0.shape[:-1], torch.Size((grid.numel(), z0.shape[-1])), validate_args=validate_args
         )
@@ -86,6 +87,7 @@ class SDEPath(TorchDistribution):
         new.grid = self.grid
         new.z0 = self.z0.expand(batch_shape + self.z0.shape[-1:])
         new._cache = None
+        new._prior_drift = None
         super(SDEPath, new).__init__(batch_shape, self.event_shape, validate_args=False)
         new._validate_args = self._validate_args
         return new
@@ -102,14 +104,18 @@ class SDEPath(TorchDistribution):
         noise = torch.randn(shape + (self.event_shape[0] - 1, L), dtype=z0.dtype, device=z0.device)
         fused = getattr(self.sde, "sample_path", None)
         out = None if fused is None else fused(z0, self.grid, noise)
+        prior_drift = None
         if out is not None:  # same scheme, one autograd node (see _BoundSDE.sample_path)
             check_finite_path(out[0], self.grid)
-            res = EulerPath(*out)
+            res = EulerPath(*out[:3])
+            prior_drift = out[3] if len(out) > 3 else None
         else:
             res = euler_maruyama(self.sde.step, z0, self.grid, noise)
-        # Keep the drift and diffusion used while sampling: the low-variance path KL reuses
-        # them instead of evaluating the posterior drift a second time.
+        # Keep the drift and diffusion used while sampling (and the prior drift, where the
+        # fused pass computed it): the low-variance path KL reuses them instead of evaluating
+        # the drifts a second time.
         self._cache = (res.path, res.drift, res.diffusion)
+        self._prior_drift = prior_drift
         return res.path
 
     def sample(self, sample_shape=()) -> Tensor:
@@ -152,7 +158,11 @@ class SDEPath(TorchDistribution):
             )
         f_q, g = self.drift_diffusion_on(value)
         shares = getattr(self.sde, "shares_diffusion_with", None)
-        if shares is not None and shares(prior.sde):
+        same_prior = getattr(self.sde, "same_prior", None)
+        cached = self._cache is not None and self._cache[0] is value
+        if cached and self._prior_drift is not None and same_prior and same_prior(prior.sde):
+            f_p = self._prior_drift  # computed along this very path while sampling it
+        elif shares is not None and shares(prior.sde):
             # Same diffusion object in both SDEs: g_p == g by construction, so only the prior
             # drift is evaluated (half the work of ``on_path``, no redundant check).
             f_p = prior.sde.drift_on_path(self.grid[:-1], value[..., :-1, :])
