@@ -34,7 +34,7 @@ def _setup(bridge: bool, time_input: bool, samples: tuple = ()):
 def _grads(loss, model, z0):
     params = [p for p in model.parameters() if p.requires_grad]
     gs = torch.autograd.grad(loss, params + [z0], allow_unused=True, retain_graph=True)
-    return [torch.zeros_like(p) if g is None else g for p, g in zip(params + [z0], gs)]
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(params + [z0], gs, strict=True)]
 
 
 @pytest.mark.parametrize("bridge", [False, True])
@@ -54,11 +54,11 @@ def test_fused_pass_equals_generic_loop_values_and_gradients(bridge, time_input,
     w = [torch.randn_like(t) for t in (path, f, g, f_p)]
 
     def scalar(outs):
-        return sum((wi * o).sum() for wi, o in zip(w, outs))
+        return sum((wi * o).sum() for wi, o in zip(w, outs, strict=True))
 
     g_fused = _grads(scalar(fused), model, z0)
     g_ref = _grads(scalar((ref.path, ref.drift, ref.diffusion, ref_fp)), model, z0)
-    for a, b in zip(g_fused, g_ref):
+    for a, b in zip(g_fused, g_ref, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
