@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._validation import BayesdynValueError
+from ..solvers._euler import under_functorch
 
 __all__ = [
     "MLP",
@@ -434,8 +435,8 @@ def fused_euler_path(
     prior drift (or None) ``[..., U-1, L]``.
     """
     layers = _softplus_mlp_layers(drift)
-    if layers is None or not diffusion.state_dependent:
-        return None
+    if layers is None or not diffusion.state_dependent or under_functorch(z0):
+        return None  # under vmap (vectorised ensembles) the generic loop runs instead
     params = _mlp_params(drift, layers)
     n_prior = 0
     prior_pre = None

@@ -89,8 +89,22 @@ def euler_maruyama(step_fn: StepFn, z0: Tensor, grid: Tensor, noise: Tensor) -> 
     return EulerPath(path, drift, diffusion)
 
 
+def under_functorch(t: Tensor) -> bool:
+    """True inside a ``torch.func`` transform (e.g. ``vmap`` over ensemble members).
+
+    There, data-dependent checks (``bool(tensor)``) cannot run per member, and custom autograd
+    Functions without a vmap rule cannot be called; callers check the stacked result instead.
+    """
+    return torch._C._functorch.is_functorch_wrapped_tensor(t)
+
+
 def check_finite_path(path: Tensor, grid: Tensor) -> None:
-    """Raise :class:`SolverDiverged` with a hint if ``path [..., U, L]`` is non-finite."""
+    """Raise :class:`SolverDiverged` with a hint if ``path [..., U, L]`` is non-finite.
+
+    Skipped under ``torch.func`` transforms (see :func:`under_functorch`).
+    """
+    if under_functorch(path):
+        return
     finite = torch.isfinite(path)
     if bool(finite.all()):
         return
