@@ -67,9 +67,12 @@ from .._validation import (
 )
 from ..models.base import AbstractSDE
 from ..models.filter_encoder import FilterEncoder
+from ..models.jumps import _as_rate_fn, _as_size_fn
 from ..models.latent_sde import LatentSDE
 from ..solvers import euler_transition_log_prob, make_union_grid
 from ._filter_grid import obs_on_grid
+
+_LOG_2PI = math.log(2 * math.pi)
 
 __all__ = [
     "AbstractStateSpace",
@@ -81,6 +84,8 @@ __all__ = [
 
 #: ``step(k, t_k, z [N, B, L]) -> (f, g)`` on a grid fixed when the stepper was made.
 Stepper = Callable[[int, Tensor, Tensor], tuple[Tensor, Tensor]]
+#: ``jumps(k, t_k, z [N, B, L]) -> (rate [N, B], size loc [N, B, L], size scale [N, B, L])``.
+JumpStepper = Callable[[int, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]
 
 
 # ---------------------------------------------------------------------------------- models
@@ -113,6 +118,10 @@ class AbstractStateSpace(ABC):
     @abstractmethod
     def likelihood(self, z: Tensor) -> Distribution:
         """Observation law. Shapes: ``z [..., B, L]`` -> batch shape ``[..., B, D]``."""
+
+    def jump_stepper(self, segment, grid: Tensor) -> JumpStepper | None:
+        """Jump intensity and size law on ``grid``, or None for a pure diffusion (default)."""
+        return None
 
     def init_aux(self, num_series: int) -> Any:
         """The proposal's carried state before any data (default: none)."""
@@ -156,6 +165,11 @@ class SDEStateSpace(AbstractStateSpace):
             observations (e.g. a guided, bridge-like drift).
         proposal_initial: optional ``segment -> Distribution`` (batch ``[B]``, event ``[L]``),
             the proposal for ``z(t0)`` (default: ``initial``).
+        jump_rate, jump_size: optional compound-Poisson jumps, as in
+            :class:`~bayesdyn.models.JumpDiffusionPath`: a positive rate (number, tensor or
+            ``(t, z) -> [..., 1]``) and a Gaussian size law (``(loc, scale)`` or
+            ``(t, z) -> (loc, scale)``). Particles then move with the "no jump or one jump per
+            step" scheme, and the guided weights use its two-Gaussian mixture density.
     """
 
     def __init__(
@@ -168,6 +182,8 @@ class SDEStateSpace(AbstractStateSpace):
         t0: float | None = None,
         proposal: Callable[[Any, Tensor], AbstractSDE] | None = None,
         proposal_initial: Callable[[Any], Distribution] | None = None,
+        jump_rate=None,
+        jump_size=None,
     ):
         if not isinstance(sde, AbstractSDE):
             raise BayesdynTypeError(
@@ -195,6 +211,11 @@ class SDEStateSpace(AbstractStateSpace):
         self.t0 = None if t0 is None else float(t0)
         self._proposal = proposal
         self._proposal_initial = proposal_initial
+        if (jump_rate is None) != (jump_size is None):
+            raise BayesdynValueError("jump_rate and jump_size must be given together")
+        self._jumps = None
+        if jump_rate is not None:
+            self._jumps = (_as_rate_fn(jump_rate)[0], _as_size_fn(jump_size))
         self.has_proposal = proposal is not None
         self.state_dim = sde.state_dim
         probe = initial.sample()
@@ -223,6 +244,23 @@ class SDEStateSpace(AbstractStateSpace):
     def prior_stepper(self, segment, grid: Tensor) -> Stepper:
         """See :class:`AbstractStateSpace`."""
         return _sde_stepper(self.sde)
+
+    def jump_stepper(self, segment, grid: Tensor) -> JumpStepper | None:
+        """See :class:`AbstractStateSpace`."""
+        if self._jumps is None:
+            return None
+        rate_fn, size_fn = self._jumps
+
+        def step(k: int, t: Tensor, z: Tensor):
+            lam = rate_fn(t, z)
+            if lam.shape[-1:] != (1,):
+                raise BayesdynValueError(
+                    f"jump_rate(t, z) must return shape [..., 1]; got {tuple(lam.shape)}"
+                )
+            loc, scale = size_fn(t, z)
+            return lam.squeeze(-1), loc, scale
+
+        return step
 
     def likelihood(self, z: Tensor) -> Distribution:
         """See :class:`AbstractStateSpace`."""
@@ -329,6 +367,25 @@ def as_state_space(model) -> AbstractStateSpace:
 
 
 # ---------------------------------------------------------------------------------- kernels
+def _jump_mixture_log_prob(
+    dz: Tensor, f: Tensor, g: Tensor, h: Tensor, lam: Tensor, loc: Tensor, scale: Tensor
+) -> Tensor:
+    """Log-density of one "no jump or one jump" Euler step (see JumpDiffusionPath).
+
+    ``e^{-lam h} N(dz; f h, g^2 h) + (1 - e^{-lam h}) N(dz; f h + loc, g^2 h + scale^2)``, one
+    jump indicator for all latent dimensions.
+
+    Shapes: ``dz``, ``f``, ``g``, ``loc``, ``scale`` ``[N, B, L]``; ``lam [N, B]``; ``h`` scalar
+    -> ``[N, B]``.
+    """
+    var0 = g.square() * h
+    var1 = var0 + scale.square()
+    r0 = dz - f * h
+    lp0 = (-0.5 * (r0.square() / var0 + var0.log() + _LOG_2PI)).sum(-1)
+    lp1 = (-0.5 * ((r0 - loc).square() / var1 + var1.log() + _LOG_2PI)).sum(-1)
+    return torch.logaddexp(-lam * h + lp0, torch.log(-torch.expm1(-lam * h)) + lp1)
+
+
 def systematic_resample(weights: Tensor, uniforms: Tensor | None = None) -> Tensor:
     """Systematic resampling of each column of normalised weights.
 
@@ -631,6 +688,7 @@ class ParticleFilter:
         og = obs_on_grid(ug.index, batch.lengths, batch.values, batch.mask, U)
         steps = set(og.steps)
         prior = sp.prior_stepper(batch, grid)
+        jumps = sp.jump_stepper(batch, grid)
         guided = self.proposal == "guide"
         logw, log_z, aux = carry.logw, carry.log_z, carry.aux
         q_step, q_init = None, None
@@ -662,19 +720,33 @@ class ParticleFilter:
                 eps = torch.randn(N, B, L, dtype=sp.dtype)
                 t = grid[k - 1]
                 f_p, g_p = prior(k - 1, t, z)
+                jump = None if jumps is None else jumps(k - 1, t, z)
                 if guided:
                     f_q, g_q = q_step(k - 1, t, z)
                     z_new = z + f_q * dts[k - 1] + g_q * sq[k - 1] * eps
                     dz = (z_new - z).unsqueeze(-2)
                     h = dts[k - 1 : k]
+                    if jump is None:
+                        log_p = euler_transition_log_prob(
+                            dz, f_p.unsqueeze(-2), g_p.unsqueeze(-2), h
+                        )
+                    else:
+                        log_p = _jump_mixture_log_prob(dz.squeeze(-2), f_p, g_p, dts[k - 1], *jump)
                     logw = (
                         logw
-                        + euler_transition_log_prob(dz, f_p.unsqueeze(-2), g_p.unsqueeze(-2), h)
+                        + log_p
                         - euler_transition_log_prob(dz, f_q.unsqueeze(-2), g_q.unsqueeze(-2), h)
                     )
                     z = z_new
                 else:
                     z = z + f_p * dts[k - 1] + g_p * sq[k - 1] * eps
+                    if jump is not None:
+                        # "no jump or one jump" per step, as JumpDiffusionPath samples it; the
+                        # indicator is discrete, so the evidence gradient ignores its score term.
+                        lam, loc, scale = jump
+                        hit = torch.rand(N, B, dtype=sp.dtype) < -torch.expm1(-lam * dts[k - 1])
+                        size = loc + scale * torch.randn(N, B, L, dtype=sp.dtype)
+                        z = z + hit.unsqueeze(-1) * size
             if k not in steps:
                 continue
             if not bool(torch.isfinite(z).all()):

@@ -451,3 +451,54 @@ def test_result_plot_draws_bands_and_ess():
     plt.close(fig)
     with pytest.raises(ValueError, match="series index 5 out of range for 3 series"):
         res.plot(series=[5])
+
+
+# ---------------------------------------------------------------------------- jumps
+def test_jump_diffusion_one_step_matches_the_closed_form_mixture():
+    """One Euler step from N(m0, v0) with "no jump or one jump" (rate lam, size N(mu_j, s_j^2))
+    then y ~ N(z1, r^2): p(y) and E[z1 | y] are a two-component Gaussian mixture in closed form.
+    Both proposals must match it (the guided one through the mixture density in its weights);
+    the same tolerance rejects the no-jump answer (positive control of the jumps)."""
+    theta, g, r, m0, v0, h = 1.0, 0.4, 0.2, 0.1, 0.2, 0.3
+    lam, mu_j, s_j = 2.0, 0.8, 0.3
+    ys = [0.0, 0.6, 1.2]
+    a = 1 - theta * h
+    p_jump = 1 - math.exp(-lam * h)
+    var0 = a * a * v0 + g * g * h  # variance of z1 without a jump
+    comps = [(1 - p_jump, a * m0, var0), (p_jump, a * m0 + mu_j, var0 + s_j**2)]
+    log_z, post_mean, log_z_nojump = [], [], []
+    for y in ys:
+        dens = [w * stats.norm.pdf(y, m, math.sqrt(v + r * r)) for w, m, v in comps]
+        means = [m + v / (v + r * r) * (y - m) for _, m, v in comps]
+        log_z.append(math.log(sum(dens)))
+        post_mean.append(sum(d * mm for d, mm in zip(dens, means, strict=True)) / sum(dens))
+        log_z_nojump.append(stats.norm.logpdf(y, a * m0, math.sqrt(var0 + r * r)))
+    data = replicated(IrregularTimeSeries([[h]] * 3, [[y] for y in ys]))
+    sde = FunctionalSDE(lambda t, z: -theta * z, g, 1)
+    space = SDEStateSpace(
+        sde,
+        dist.Normal(torch.tensor([m0]), math.sqrt(v0)).to_event(1),
+        lambda z: dist.Normal(z, r),
+        dt=h,
+        t0=0.0,
+        proposal=lambda seg, grid: FunctionalSDE(  # a pull towards the observation
+            lambda t, z: -theta * z + 2.0 * (seg.values[:, 0] - z), g, 1
+        ),
+        jump_rate=lam,
+        jump_size=(torch.tensor([mu_j]), torch.tensor([s_j])),
+    )
+    thr = t_threshold(2 * 2 * 3 + 3)
+    for proposal in ("prior", "guide"):
+        res = ParticleFilter(space, 2000, proposal).run(data, seed=0)
+        for b in range(3):
+            sl = slice(b * R, (b + 1) * R)
+            lz, mean = res.log_evidence[sl], res.means[sl, 0, 0]
+            s2 = lz.var()
+            se_lz = s2.sqrt() / math.sqrt(R)
+            assert abs(float((lz.mean() + s2 / 2 - log_z[b]) / se_lz)) < thr, (proposal, b)
+            t_mean = (mean.mean() - post_mean[b]) / (mean.std() / math.sqrt(R))
+            assert abs(float(t_mean)) < thr, (proposal, b, float(t_mean))
+            if proposal == "prior" and b == 2:  # y = 1.2 is likely only after a jump
+                assert abs(float((lz.mean() + s2 / 2 - log_z_nojump[b]) / se_lz)) > thr
+    with pytest.raises(ValueError, match="jump_rate and jump_size must be given together"):
+        SDEStateSpace(sde, space.initial(1), space.likelihood, dt=h, jump_rate=1.0)
