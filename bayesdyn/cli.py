@@ -70,6 +70,20 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     t.add_argument("--resume", action="store_true")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument(
+        "--max-divergences",
+        type=int,
+        default=4,
+        help="divergences (non-finite loss/gradient) that stop training; each earlier one "
+        "rolls back to the last good checkpoint and halves the learning rate",
+    )
+    t.add_argument(
+        "--chunk-size",
+        type=int,
+        default=None,
+        help="truncated backprop through time over windows of about this many observations "
+        "(bounded memory for long series)",
+    )
 
 
 def _train(series, out: Path, args) -> dict:
@@ -77,14 +91,20 @@ def _train(series, out: Path, args) -> dict:
     from .inference import fit, save_model
     from .models import LatentSDE
 
+    dp = _data_parallel(args)
+    writer = dp is None or dp.is_writer
     out.mkdir(parents=True, exist_ok=True)
-    series.to_dataframe().to_csv(out / "data.csv", index=False)
+    if writer:
+        series.to_dataframe().to_csv(out / "data.csv", index=False)
     scaled, scaler = series.standardize()
     train, val = scaled, None
     if args.val_fraction and len(scaled) >= 10:
         train, val = scaled.split_series(args.val_fraction, seed=args.seed)
     span = series.t_max - series.t_min
     dt = args.dt if args.dt is not None else span / 100
+    # Seed before building the model: torch's default seed differs between processes, so an
+    # unseeded initialisation would make runs with the same --seed differ.
+    torch.manual_seed(args.seed)
     model = LatentSDE(
         series.obs_dim,
         latent_dim=args.latent_dim,
@@ -112,8 +132,13 @@ def _train(series, out: Path, args) -> dict:
         checkpoint_every=args.checkpoint_every,
         resume=args.resume,
         seed=args.seed,
-        progress=not args.quiet,
+        progress=not args.quiet and writer,
+        max_divergences=args.max_divergences,
+        chunk_size=args.chunk_size,
+        data_parallel=dp,
     )
+    if not writer:  # rank 0 writes the outputs of a data-parallel run
+        return {}
     save_model(model, out / "model.pt", extra={"scaler": scaler.state_dict()})
     import pandas as pd
 
@@ -171,10 +196,44 @@ def _write_forecast(traj, out: Path, levels) -> None:
     samples.to_csv(out.with_name(out.stem + "_samples.csv"), index=False)
 
 
+def _data_parallel(args):
+    """The DataParallel strategy for a torchrun worker or ``--shards``, else None."""
+    shards = getattr(args, "shards", None)
+    if not getattr(args, "distributed", False) and not shards:
+        return None
+    from .inference.distributed import DataParallel
+
+    return DataParallel(num_shards=shards)
+
+
 def cmd_fit(args) -> int:
+    from .inference.distributed import in_torchrun_worker, launch
+
+    if args.nproc > 1 and not in_torchrun_worker():
+        return launch(
+            args.argv,
+            args.nproc,
+            nnodes=args.nnodes,
+            node_rank=args.node_rank,
+            master_addr=args.master_addr,
+            master_port=args.master_port,
+        )
+    if in_torchrun_worker():
+        import torch.distributed as dist
+
+        dist.init_process_group("gloo")
+        args.distributed = True
+        try:
+            return _cmd_fit(args)
+        finally:
+            dist.destroy_process_group()
+    return _cmd_fit(args)
+
+
+def _cmd_fit(args) -> int:
     series = _load_data(args.data, args)
-    _train(series, Path(args.out), args)
-    print(f"run written to {args.out}")
+    if _train(series, Path(args.out), args):  # empty on ranks other than 0
+        print(f"run written to {args.out}")
     return 0
 
 
@@ -287,7 +346,26 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--time-col", default="time")
     f.add_argument("--value-cols", default=None, help="comma-separated channel columns")
     _add_model_args(f)
-    f.set_defaults(func=cmd_fit)
+    f.add_argument(
+        "--config",
+        default=None,
+        help='JSON file of options (keys as the long options, e.g. {"steps": 200}); '
+        "options on the command line win",
+    )
+    dp = f.add_argument_group("data-parallel training (torchrun conventions)")
+    dp.add_argument("--nproc", type=int, default=1, help="worker processes on this node")
+    dp.add_argument("--nnodes", type=int, default=1)
+    dp.add_argument("--node-rank", type=int, default=0)
+    dp.add_argument("--master-addr", default=None, help="address of the rank-0 node")
+    dp.add_argument("--master-port", type=int, default=None)
+    dp.add_argument(
+        "--shards",
+        type=int,
+        default=None,
+        help="shards per global batch (default: the number of workers); --shards N in one "
+        "process reproduces an N-process run",
+    )
+    f.set_defaults(func=cmd_fit, config_parser=f)
     fc = sub.add_parser("forecast", help="posterior predictive bands from a fitted run")
     fc.add_argument("run_dir")
     fc.add_argument("--horizon", type=float, required=True)
@@ -314,10 +392,65 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _load_config(path: str, parser: argparse.ArgumentParser) -> dict:
+    """Read a JSON config of option values, checking each name and type against ``parser``.
+
+    Raises:
+        BayesdynValueError: for an unreadable file, invalid JSON, or an unknown option.
+        BayesdynTypeError: for a value of the wrong type (e.g. ``"steps": "many"``).
+    """
+    try:
+        cfg = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BayesdynValueError(f"--config {path!r}: could not read a JSON object: {e}") from e
+    if not isinstance(cfg, dict):
+        raise BayesdynTypeError(
+            f"--config {path!r} must hold a JSON object of options; got {type(cfg).__name__}"
+        )
+    skip = {"help", "config", "out", "data"}
+    actions = {a.dest: a for a in parser._actions if a.option_strings and a.dest not in skip}
+    out = {}
+    for key, value in cfg.items():
+        dest = str(key).lstrip("-").replace("-", "_")
+        a = actions.get(dest)
+        if a is None:
+            known = sorted(d.replace("_", "-") for d in actions)
+            raise BayesdynValueError(f"--config {path!r}: unknown option {key!r}; known: {known}")
+        if isinstance(a, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            want, ok = "true or false", isinstance(value, bool)
+        elif value is None:
+            want, ok = "not null", a.default is None
+        elif a.type is int:
+            want, ok = "an integer", isinstance(value, int) and not isinstance(value, bool)
+        elif a.type is float:
+            want = "a finite number"
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            ok = ok and np.isfinite(value)
+        else:
+            want, ok = "a string", isinstance(value, str)
+        if not ok:
+            raise BayesdynTypeError(
+                f"--config {path!r}: option {key!r} must be {want}; got "
+                f"{type(value).__name__} {value!r}"
+            )
+        if a.choices is not None and value not in a.choices:
+            raise BayesdynValueError(
+                f"--config {path!r}: option {key!r} must be one of {list(a.choices)}; got {value!r}"
+            )
+        out[dest] = value
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``bayesdyn`` console script."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
+        if getattr(args, "config", None):
+            args.config_parser.set_defaults(**_load_config(args.config, args.config_parser))
+            args = parser.parse_args(argv)
+        args.argv = argv
         return args.func(args)
     except (BayesdynValueError, BayesdynTypeError, FitDiverged) as e:
         print(f"bayesdyn {args.command}: error: {e}", file=sys.stderr)
