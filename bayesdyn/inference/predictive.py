@@ -28,6 +28,8 @@ class Trajectories:
         observations: predicted observations ``[S, B, Q, D]`` (``[E, S, B, Q, D]``).
         last_observed: each series' last observation time ``[B]``; later times are forecasts.
         channels: channel names (length ``D``), ids: series ids (length ``B``).
+        member_weights: an ensemble's mixture weights ``[E]`` (None: members pooled equally);
+            quantiles, mean and std then weight each member's draws by them.
     """
 
     times: Tensor
@@ -36,6 +38,7 @@ class Trajectories:
     last_observed: Tensor
     channels: list[str] | None = None
     ids: list | None = None
+    member_weights: Tensor | None = None
 
     @property
     def num_samples(self) -> int:
@@ -48,6 +51,15 @@ class Trajectories:
         x = getattr(self, which)
         return x.reshape(-1, *x.shape[-3:])  # ensembles: members and draws pooled
 
+    def _draw_weights(self) -> Tensor | None:
+        """Weights ``[E*S]`` of the pooled draws of a weighted ensemble, else None."""
+        w = self.member_weights
+        if w is None or self.observations.dim() != 5:
+            return None
+        S = self.observations.shape[1]
+        w = w.to(self.observations)
+        return (w / w.sum() / S).repeat_interleave(S)
+
     def quantiles(self, qs: Sequence[float], which: str = "observations") -> Tensor:
         """Pointwise quantiles over samples (and members). Shapes: ``[len(qs), B, Q, D]``."""
         qs_t = torch.as_tensor(
@@ -55,15 +67,30 @@ class Trajectories:
         )
         if qs_t.numel() == 0 or bool(((qs_t < 0) | (qs_t > 1)).any()):
             raise BayesdynValueError(f"qs must be probabilities in [0, 1]; got {list(qs)}")
-        return torch.quantile(self._flat(which), qs_t, dim=0)
+        w = self._draw_weights()
+        if w is None:
+            return torch.quantile(self._flat(which), qs_t, dim=0)
+        # Weighted mixture: the inverse of the weighted empirical CDF.
+        x, order = self._flat(which).sort(0)
+        cdf = w[order].cumsum(0)  # [N, B, Q, D]
+        idx = (cdf.unsqueeze(0) < qs_t.view(-1, 1, 1, 1, 1) - 1e-12).sum(1)
+        idx = idx.clamp(max=x.shape[0] - 1)  # [nq, B, Q, D]
+        return torch.gather(x.unsqueeze(0).expand(len(qs_t), *x.shape), 1, idx.unsqueeze(1))[:, 0]
 
     def mean(self, which: str = "observations") -> Tensor:
         """Pointwise mean. Shapes: ``[B, Q, D]``."""
-        return self._flat(which).mean(0)
+        w = self._draw_weights()
+        if w is None:
+            return self._flat(which).mean(0)
+        return (w.view(-1, 1, 1, 1) * self._flat(which)).sum(0)
 
     def std(self, which: str = "observations") -> Tensor:
         """Pointwise standard deviation. Shapes: ``[B, Q, D]``."""
-        return self._flat(which).std(0)
+        w = self._draw_weights()
+        if w is None:
+            return self._flat(which).std(0)
+        x = self._flat(which)
+        return (w.view(-1, 1, 1, 1) * (x - self.mean(which)).square()).sum(0).sqrt()
 
     def _times_bq(self) -> Tensor:
         B = self.observations.shape[-3]
