@@ -429,6 +429,8 @@ def figure_training(history: list[dict]) -> str:
         ax.plot(vs, vl, "o-", color="C3", ms=3, lw=1, label="validation loss")
     ax.set_xlabel("step")
     ax.set_ylabel("negative ELBO per observed value")
+    # early losses can be 100x the final ones: linear near 0, logarithmic beyond +-1
+    ax.set_yscale("symlog", linthresh=1.0)
     if any("kl_scale" in h for h in history):
         ax2 = ax.twinx()
         ax2.plot(steps, [h.get("kl_scale", np.nan) for h in history], color="0.5", ls=":")
@@ -485,12 +487,19 @@ def figure_pareto_k(loo) -> str:
     idx = np.arange(k.size)
     ax.scatter(idx[~clipped], k[~clipped], s=6, c=colors[~clipped])
     if clipped.any():
-        ax.scatter(idx[clipped], np.full(int(clipped.sum()), top), s=14, marker="^", c="C3")
+        ax.scatter(
+            idx[clipped],
+            np.full(int(clipped.sum()), top),
+            s=14,
+            marker="^",
+            c="C3",
+            label=f"k > {top:g} (drawn at {top:g})",
+        )
         ax.set_ylim(top=top + 0.15)
     ax.axhline(loo.good_k, color="C1", ls="--", lw=0.8, label=f"good_k = {loo.good_k:.2f}")
     ax.axhline(1.0, color="C3", ls="--", lw=0.8, label="k = 1")
     ax.set_xlabel("observation")
-    ax.set_ylabel("Pareto k" + (f" (values > {top:g} on the top edge)" if clipped.any() else ""))
+    ax.set_ylabel("Pareto k")
     ax.legend(fontsize=7)
     return _img(fig, "Pareto k per observation")
 
