@@ -153,7 +153,7 @@ class ChunkedObjective:
                 self.elbo._get_traces(self.model.model, self.model.guide, (batch,), kw)
             )
         except SolverDiverged as e:
-            raise _Diverged(f"the SDE solve diverged ({e})") from e
+            raise _Diverged(f"the SDE solve diverged ({str(e).splitlines()[0]})") from e
         loss = -self.elbo.elbo_particle(model_tr, guide_tr) / max(int(batch.mask.sum()), 1)
         loss_val = _finite_loss(loss)
         loss.backward()

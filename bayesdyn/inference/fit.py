@@ -42,8 +42,8 @@ class FitResult:
         num_steps: steps taken (may be fewer than asked after early stopping).
         seconds: wall time.
         stopped_early: whether early stopping ended training.
-        divergences: one dict per rollback after a divergence: ``step`` (where it
-            diverged), ``reason``, ``rolled_back_to`` (the checkpoint's step) and ``lr_scale``
+        divergences: one dict per rollback after a divergence: ``step`` (the 1-based step
+            that diverged), ``reason``, ``rolled_back_to`` (the checkpoint's step) and ``lr_scale``
             (the learning-rate factor from then on).
     """
 
@@ -214,7 +214,8 @@ def _loss(elbo, model, batch, kl_scale: float) -> torch.Tensor:
     try:
         return elbo.differentiable_loss(model.model, model.guide, batch, kl_scale=kl_scale)
     except SolverDiverged as e:
-        raise _Diverged(f"the SDE solve diverged ({e})") from e
+        # Pyro appends a trace of the sample sites to errors raised inside them: keep line 1.
+        raise _Diverged(f"the SDE solve diverged ({str(e).splitlines()[0]})") from e
 
 
 def _finite_loss(loss: torch.Tensor) -> float:
@@ -455,7 +456,7 @@ def fit(
                 optim.zero_grad(set_to_none=True)
                 good = int(last_good["step"])
                 event = {
-                    "step": step,
+                    "step": step + 1,  # 1-based, as in the history
                     "reason": d.reason,
                     "rolled_back_to": good,
                     "lr_scale": state["lr_scale"] * 0.5,
