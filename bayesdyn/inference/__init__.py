@@ -1,6 +1,13 @@
 """Inference: the path ELBO, the SVI loop, posterior predictives, saving and loading."""
 
 from .elbo import PathELBO
+from .ensemble import (
+    Disagreement,
+    Ensemble,
+    EnsembleFitResult,
+    ensemble_disagreement,
+    fit_ensemble,
+)
 from .event_predictive import EventForecast, forecast_events
 from .fit import FitResult, fit, load_checkpoint, save_checkpoint
 from .io import load_model, save_model
@@ -17,6 +24,9 @@ from .streaming import FilterState
 
 __all__ = [
     "AbstractStateSpace",
+    "Disagreement",
+    "Ensemble",
+    "EnsembleFitResult",
     "EventForecast",
     "FilterResult",
     "FilterState",
@@ -27,7 +37,9 @@ __all__ = [
     "PathELBO",
     "SDEStateSpace",
     "Trajectories",
+    "ensemble_disagreement",
     "fit",
+    "fit_ensemble",
     "forecast_events",
     "kalman_filter",
     "load_checkpoint",
