@@ -155,7 +155,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     except Exception as e:  # torch raises several types for corrupt or unsafe files
         raise BayesdynValueError(
             f"checkpoint {str(path)!r} could not be loaded safely (weights_only=True): "
-            f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+            f"{type(e).__name__}: {(str(e).strip().splitlines() or ['(no message)'])[0][:200]}"
         ) from e
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise BayesdynValueError(f"{str(path)!r} is not a bayesdyn checkpoint")
