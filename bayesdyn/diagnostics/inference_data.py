@@ -48,9 +48,9 @@ __all__ = ["to_inference_data"]
 
 def _members(source) -> list:
     """The fitted models that become chains."""
-    members = getattr(source, "members", None)  # an ensemble object exposing its members
+    members = getattr(source, "members", None)  # an ensemble (e.g. inference.Ensemble)
     if members is not None:
-        source = list(members)
+        source = list(members() if callable(members) else members)
     if isinstance(source, (list, tuple)):
         if not source:
             raise BayesdynValueError("source is an empty sequence of models; need at least one")
@@ -189,7 +189,8 @@ def to_inference_data(
 
     Main arguments:
         source: a fitted model (e.g. :class:`~bayesdyn.models.LatentSDE`), a sequence of
-            fitted models (ensemble members; or an object with a ``members`` sequence), or
+            fitted models (ensemble members), an :class:`~bayesdyn.inference.Ensemble` (or any
+            object with ``members()`` / ``members``; member weights are not applied), or
             :class:`~bayesdyn.inference.Trajectories`.
         data: the :class:`~bayesdyn.data.IrregularTimeSeries` the fit conditions on, in data
             units when ``scaler`` is given (it is standardised with it before conditioning).

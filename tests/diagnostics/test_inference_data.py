@@ -275,3 +275,13 @@ def test_jump_hook_intensity_and_events_reach_idata_and_report(fitted):
     assert img.startswith('<img alt="event intensities and events" src="data:image/png;base64,')
     # a run without intensity and events has no jump figure
     assert figure_jumps(ReportInputs(idata=fitted[-1], data=series), max_series=2) is None
+
+
+def test_fitted_ensemble_members_become_chains(fitted):
+    from bayesdyn.inference import fit_ensemble
+
+    series, scaled, scaler, members, _ = fitted
+    ens = fit_ensemble(members[0].config, scaled, num_members=3, num_steps=2, progress=False)
+    idata = to_inference_data(ens, series, scaler=scaler, num_samples=4, num_times=5, elbo=False)
+    assert idata.posterior.sizes["chain"] == 3
+    assert idata.posterior.attrs["chains_are"] == "ensemble members"
