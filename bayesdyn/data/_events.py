@@ -296,8 +296,9 @@ def pad_events(
 def read_event_sequences(path: Union[str, os.PathLike]) -> list[np.ndarray]:
     """Read a point-process file: one sequence per line, event times separated by whitespace.
 
-    This is the format of the Neural Jump SDE benchmark files (Jia & Benson 2019). An empty
-    line is a sequence without events.
+    This is the format of the Neural Jump SDE benchmark files (Jia & Benson 2019), whose
+    lines end with ``;`` (a sequence terminator; one trailing ``;`` per line is accepted and
+    dropped). An empty line is a sequence without events.
 
     Args:
         path: the text file.
@@ -321,7 +322,10 @@ def read_event_sequences(path: Union[str, os.PathLike]) -> list[np.ndarray]:
         raise BayesdynValueError(f"path {p!r}: could not read the file: {e}") from e
     out = []
     for n, line in enumerate(lines, start=1):
-        tokens = line.split()
+        body = line.rstrip()
+        if body.endswith(";"):
+            body = body[:-1]
+        tokens = body.split()
         try:
             out.append(np.array([float(tok) for tok in tokens], dtype=np.float64))
         except ValueError:

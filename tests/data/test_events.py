@@ -105,8 +105,9 @@ def test_event_type_errors():
 
 def test_loader_reads_the_benchmark_format(tmp_path):
     p = tmp_path / "pp.csv"
-    # leading spaces, fixed-width columns and an empty sequence, as in the benchmark files
-    p.write_text("    1.377220    3.718272   4.5\n\n   0.25\n")
+    # leading spaces, fixed-width columns, a trailing ';' per line and an empty sequence, as
+    # in the benchmark files
+    p.write_text("    1.377220    3.718272   4.5;\n;\n   0.25\n")
     seqs = read_event_sequences(p)
     assert [s.tolist() for s in seqs] == [[1.37722, 3.718272, 4.5], [], [0.25]]
     s = load_point_process(p, window=(0.0, 10.0))
@@ -122,6 +123,9 @@ def test_loader_errors(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("1.0 2.0\n3.0 x4\n")
     with pytest.raises(BayesdynValueError, match=r"line 2: expected event times .* token 'x4'"):
+        read_event_sequences(bad)
+    bad.write_text("1.0; 2.0\n")  # ';' only terminates a line
+    with pytest.raises(BayesdynValueError, match=r"line 1: expected event times .* token '1.0;'"):
         read_event_sequences(bad)
     unsorted = tmp_path / "unsorted.csv"
     unsorted.write_text("1.0 2.0\n3.0 2.5\n")
