@@ -58,6 +58,13 @@ def _members(source) -> list:
     else:
         models = [source]
     for i, m in enumerate(models):
+        if callable(getattr(m, "model", None)) and not callable(getattr(m, "make_grid", None)):
+            # e.g. LatentJumpSDE, whose guide needs a JumpBatch: not wired up yet
+            raise BayesdynTypeError(
+                f"item {i} ({type(m).__name__}) is not supported by to_inference_data yet: it "
+                "samples through posterior_predictive, which needs a LatentSDE-like model with "
+                "make_grid(batch, times)"
+            )
         if not (callable(getattr(m, "model", None)) and callable(getattr(m, "guide", None))):
             raise BayesdynTypeError(
                 "source must be Trajectories, a fitted model with .model/.guide (e.g. "

@@ -215,6 +215,10 @@ def test_errors_name_the_argument(fitted):
         to_inference_data([], scaled)
     with pytest.raises(TypeError, match="item 1 is str"):
         to_inference_data([members[0], "m"], scaled)
+    from bayesdyn.models.latent_jump_sde import LatentJumpSDE
+
+    with pytest.raises(TypeError, match=r"item 0 \(LatentJumpSDE\) is not supported"):
+        to_inference_data(LatentJumpSDE(1, latent_dim=2), scaled)
     with pytest.raises(TypeError, match="scaler must be a Scaler"):
         to_inference_data(members[0], scaled, scaler={"mean": 0})
     traj = posterior_predictive(members[0], scaled, torch.rand(len(series), 3), num_samples=2)
