@@ -46,6 +46,21 @@ def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     )
 
 
+def run_in_process(*args: str) -> int:
+    """``bayesdyn <args>`` in this process, as a subprocess would run it: float32 default
+    dtype and one thread (saves the interpreter start-up of one more subprocess)."""
+    from bayesdyn.cli import main
+
+    dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
+    torch.set_default_dtype(torch.float32)
+    torch.set_num_threads(1)
+    try:
+        return main(list(args))
+    finally:
+        torch.set_default_dtype(dtype)
+        torch.set_num_threads(threads)
+
+
 def model_state(run_dir: Path) -> dict[str, torch.Tensor]:
     """The trained parameters a run wrote (loaded with weights_only=True)."""
     payload = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True)

@@ -19,7 +19,7 @@ from bayesdyn.data import IrregularTimeSeries
 #: test runs in seconds, no deadline (CPU is shared), no example database written to the repo.
 FUZZ = settings(
     derandomize=True,
-    max_examples=150,
+    max_examples=100,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],

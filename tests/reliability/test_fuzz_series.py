@@ -415,3 +415,43 @@ def test_float32_batch_refuses_times_that_collapse():
         s.to_batch(dtype=torch.float32)
     with pytest.raises(BayesdynValueError, match=r"times\[0\]=1e\+300 overflows torch.float16"):
         IrregularTimeSeries([np.array([1e300])], [np.ones((1, 1))]).to_batch(dtype=torch.float16)
+
+
+@FUZZ
+@given(
+    valid_parts(),
+    st.data(),
+    st.sampled_from(["none", "nan", "unsorted", "duplicate", "outside", "dtype", "ragged"]),
+)
+def test_events_and_marks_fuzz(parts, data, fault):
+    times, values, masks = parts
+    events, marks = [], []
+    for t in times:
+        n = data.draw(st.integers(0, 4))
+        e = np.sort(data.draw(st.lists(st.floats(t[0], t[-1]), min_size=n, max_size=n)))
+        events.append(np.array(e, dtype=float))
+        marks.append(np.array(data.draw(st.lists(st.integers(-1, 3), min_size=n, max_size=n))))
+    e0 = events[0]
+    if fault == "nan" and e0.size:
+        e0[0] = np.nan
+    elif fault == "unsorted" and e0.size > 1:
+        events[0] = e0[::-1].copy()
+    elif fault == "duplicate" and e0.size:
+        events[0] = np.concatenate([e0, e0[-1:]])
+        marks[0] = np.concatenate([marks[0], marks[0][-1:]])
+    elif fault == "outside":
+        events[0] = np.append(e0, times[0][-1] + 1e6)
+        marks[0] = np.append(marks[0], 0)
+    elif fault == "dtype":
+        marks[0] = marks[0].astype(float) + 0.5
+    elif fault == "ragged":
+        marks[0] = marks[0][:-1]
+    num_marks = data.draw(st.sampled_from([None, 1, 2, 4, 0, -1]))
+    s = outcome(
+        lambda: IrregularTimeSeries(
+            times, values, masks, events=events, marks=marks, num_marks=num_marks
+        )
+    )
+    if s is not None:
+        for i in range(len(s)):
+            assert np.array_equal(s.events[i], np.asarray(events[i], dtype=float))
