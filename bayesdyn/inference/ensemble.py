@@ -181,130 +181,153 @@ class _Spec:
     dtype: str = "float64"
 
 
-def _train_group(
-    spec: _Spec, batch, ids: list[int], *, val_batch=None, vectorize=True, progress=False
-) -> dict[str, Any]:
-    """Train members ``ids`` together; returns stacked states ``[E_g, ...]`` and losses.
+class _GroupTrainer:
+    """SVI for a group of members ``ids`` trained together; :meth:`step` is one SVI step.
 
-    With ``vectorize=False`` the group must hold one member, which trains as an ordinary
-    :class:`LatentSDE` (fused kernels, ``nn.GRU``): the sequential reference.
+    With ``vectorize=True`` the members are one :class:`MemberStack` and a step runs the model
+    and guide once for all of them (``vmap``); with ``vectorize=False`` the group holds one
+    member, which trains as an ordinary :class:`LatentSDE` (fused kernels, ``nn.GRU``): the
+    sequential reference. Stacked tensors are ``[E_g, ...]``.
     """
-    config = LatentSDEConfig.from_dict(spec.config)
-    members = [_init_member(config, spec.seed, k) for k in ids]
-    E = len(ids)
-    if not vectorize and E != 1:
-        raise BayesdynValueError(f"sequential training takes one member per group; got {E}")
-    B = batch.times.shape[0]
-    dtype = batch.times.dtype
-    w_all = None
-    if spec.method == "bootstrap":
-        w_all = torch.as_tensor(
-            np.stack([_bootstrap_weights(spec.seed, k, B) for k in ids]), dtype=dtype
-        )  # [E, B]
-    stack = MemberStack(members)
-    params = stack.params
-    anchors = (
-        {n: p.detach().clone() for n, p in params.items()} if spec.method == "anchored" else None
-    )
-    plain = members[0]
-    elbo = PathELBO(max_plate_nesting=LatentSDE.max_plate_nesting)
-    obs_per_series = batch.mask.flatten(1).sum(-1).to(dtype)  # [B]
-    n_full = obs_per_series.sum() if w_all is None else w_all @ obs_per_series  # [] or [E]
-    n_full = n_full.clamp(min=1.0)
 
-    # Same noise stream as a lone fit(seed=seed) with common noise; else one per group.
-    noise_seed = spec.seed if spec.common_noise else _derived_seed(spec.seed, 2, ids[0])
-    torch.manual_seed(noise_seed)
-    order = torch.Generator().manual_seed(noise_seed)  # mini-batch order, as in fit()
-    optim = torch.optim.Adam(list(params.values()), lr=spec.lr)
-    decay = (spec.lr_final / spec.lr) ** (1.0 / max(spec.num_steps, 1))
-    bs = B if spec.batch_size is None else min(spec.batch_size, B)
-    randomness = "same" if spec.common_noise else "different"
-    losses = torch.empty(spec.num_steps, E, dtype=dtype)
+    def __init__(self, spec: _Spec, batch, ids: list[int], *, vectorize: bool = True):
+        config = LatentSDEConfig.from_dict(spec.config)
+        members = [_init_member(config, spec.seed, k) for k in ids]
+        E = len(ids)
+        if not vectorize and E != 1:
+            raise BayesdynValueError(f"sequential training takes one member per group; got {E}")
+        self.spec, self.batch, self.ids, self.vectorize = spec, batch, list(ids), vectorize
+        B = batch.times.shape[0]
+        self.dtype = dtype = batch.times.dtype
+        self.w_all = None
+        if spec.method == "bootstrap":
+            self.w_all = torch.as_tensor(
+                np.stack([_bootstrap_weights(spec.seed, k, B) for k in ids]), dtype=dtype
+            )  # [E, B]
+        self.stack = MemberStack(members)
+        self.params = self.stack.params
+        self.anchors = (
+            {n: p.detach().clone() for n, p in self.params.items()}
+            if spec.method == "anchored"
+            else None
+        )
+        self.plain = members[0]
+        self.elbo = PathELBO(max_plate_nesting=LatentSDE.max_plate_nesting)
+        self.obs_per_series = batch.mask.flatten(1).sum(-1).to(dtype)  # [B]
+        n_full = (
+            self.obs_per_series.sum() if self.w_all is None else self.w_all @ self.obs_per_series
+        )
+        self.n_full = n_full.clamp(min=1.0)  # [] or [E]
+        # Same noise stream as a lone fit(seed=seed) with common noise; else one per group.
+        noise_seed = spec.seed if spec.common_noise else _derived_seed(spec.seed, 2, ids[0])
+        torch.manual_seed(noise_seed)
+        self.order = torch.Generator().manual_seed(noise_seed)  # mini-batch order, as in fit()
+        self.optim = torch.optim.Adam(list(self.params.values()), lr=spec.lr)
+        self.decay = (spec.lr_final / spec.lr) ** (1.0 / max(spec.num_steps, 1))
+        self.bs = B if spec.batch_size is None else min(spec.batch_size, B)
+        self.randomness = "same" if spec.common_noise else "different"
+        self.last_good = {n: p.detach().clone() for n, p in self.params.items()}
 
-    def member_losses(mb, w_mb, kl_scale) -> Tensor:
-        """Negative ELBO of each member, ``[E]``."""
-        if vectorize:
+    def member_losses(self, mb, w_mb, kl_scale: float) -> Tensor:
+        """Negative ELBO of each member on mini-batch ``mb``. Shapes: ``[E]``."""
+        elbo = self.elbo
+        if self.vectorize:
             with pyro.validation_enabled(False):  # data-dependent checks cannot run under vmap
                 if w_mb is None:
-                    return stack.vmap(
-                        lambda m: _neg_elbo(m, mb, None, kl_scale, elbo), randomness=randomness
+                    return self.stack.vmap(
+                        lambda m: _neg_elbo(m, mb, None, kl_scale, elbo),
+                        randomness=self.randomness,
                     )
-                return stack.vmap(
+                return self.stack.vmap(
                     lambda m, w: _neg_elbo(m, mb, w, kl_scale, elbo),
                     w_mb,
                     in_dims=(0,),
-                    randomness=randomness,
+                    randomness=self.randomness,
                 )
-        state = {n: v[0] for n, v in {**params, **stack.buffers}.items()}
-        with torch.nn.utils.stateless._reparametrize_module(plain, state):
+        state = {n: v[0] for n, v in {**self.params, **self.stack.buffers}.items()}
+        with torch.nn.utils.stateless._reparametrize_module(self.plain, state):
             w = None if w_mb is None else w_mb[0]
-            return _neg_elbo(plain, mb, w, kl_scale, elbo).reshape(1)
+            return _neg_elbo(self.plain, mb, w, kl_scale, elbo).reshape(1)
 
-    last_good = {n: p.detach().clone() for n, p in params.items()}
+    def step(self, step: int) -> Tensor:
+        """SVI step number ``step`` for all members at once; returns their losses ``[E]``."""
+        spec, B = self.spec, self.batch.times.shape[0]
+        # KL annealing and learning-rate decay exactly as in fit().
+        kl_scale = (
+            1.0
+            if spec.kl_anneal_steps <= 0
+            else min(1.0, spec.kl_min + (1.0 - spec.kl_min) * step / spec.kl_anneal_steps)
+        )
+        for g in self.optim.param_groups:
+            g["lr"] = spec.lr * self.decay**step
+        if self.bs < B:
+            idx = torch.randperm(B, generator=self.order)[: self.bs]
+            mb = _subset(self.batch, idx)
+            w_mb = None if self.w_all is None else self.w_all[:, idx]
+            n_obs = (
+                mb.mask.flatten(1).sum(-1).to(self.dtype).sum()
+                if w_mb is None
+                else w_mb @ self.obs_per_series[idx]
+            ).clamp(min=1.0)
+        else:
+            mb, w_mb, n_obs = self.batch, self.w_all, self.n_full
+        self.optim.zero_grad(set_to_none=True)
+        loss = self.member_losses(mb, w_mb, kl_scale) / n_obs  # [E]
+        if self.anchors is not None:
+            sq = sum(
+                (p - self.anchors[n]).square().reshape(p.shape[0], -1).sum(-1)
+                for n, p in self.params.items()
+            )
+            loss = loss + 0.5 * sq / spec.prior_scale**2 / self.n_full
+        bad = ~torch.isfinite(loss.detach())
+        if bool(bad.any()):
+            with torch.no_grad():
+                for n, p in self.params.items():
+                    p.copy_(self.last_good[n])
+            raise FitDiverged(
+                f"the loss of ensemble member(s) {[self.ids[i] for i in bad.nonzero()[:, 0]]} "
+                f"became non-finite at step {step}; rolled back to the last good parameters. "
+                "Try a smaller lr, a smaller dt, stable_drift=True or standardised data."
+            )
+        loss.sum().backward()  # members are independent: each gets its own gradient
+        if spec.clip_norm is not None:
+            _clip_per_member(list(self.params.values()), spec.clip_norm)
+        self.optim.step()
+        with torch.no_grad():
+            for n, p in self.params.items():
+                self.last_good[n].copy_(p)
+        return loss.detach()
+
+    def state(self) -> dict[str, Tensor]:
+        """Stacked parameters and buffers ``[E, ...]`` (detached copies)."""
+        return {n: v.detach().clone() for n, v in {**self.params, **self.stack.buffers}.items()}
+
+
+def _train_group(
+    spec: _Spec, batch, ids: list[int], *, val_batch=None, vectorize=True, progress=False
+) -> dict[str, Any]:
+    """Train members ``ids`` together; returns stacked states ``[E_g, ...]`` and losses."""
+    trainer = _GroupTrainer(spec, batch, ids, vectorize=vectorize)
+    E = len(ids)
+    losses = torch.empty(spec.num_steps, E, dtype=trainer.dtype)
     bar = tqdm(
         total=spec.num_steps, disable=not progress, desc=f"ensemble[{E}]", dynamic_ncols=True
     )
     t0 = time.perf_counter()
     try:
         for step in range(spec.num_steps):
-            # KL annealing and learning-rate decay exactly as in fit().
-            kl_scale = (
-                1.0
-                if spec.kl_anneal_steps <= 0
-                else min(1.0, spec.kl_min + (1.0 - spec.kl_min) * step / spec.kl_anneal_steps)
-            )
-            for g in optim.param_groups:
-                g["lr"] = spec.lr * decay**step
-            if bs < B:
-                idx = torch.randperm(B, generator=order)[:bs]
-                mb = _subset(batch, idx)
-                w_mb = None if w_all is None else w_all[:, idx]
-                n_obs = (
-                    mb.mask.flatten(1).sum(-1).to(dtype).sum()
-                    if w_mb is None
-                    else w_mb @ obs_per_series[idx]
-                ).clamp(min=1.0)
-            else:
-                mb, w_mb, n_obs = batch, w_all, n_full
-            optim.zero_grad(set_to_none=True)
-            loss = member_losses(mb, w_mb, kl_scale) / n_obs  # [E]
-            if anchors is not None:
-                sq = sum(
-                    (p - anchors[n]).square().reshape(p.shape[0], -1).sum(-1)
-                    for n, p in params.items()
-                )
-                loss = loss + 0.5 * sq / spec.prior_scale**2 / n_full
-            bad = ~torch.isfinite(loss.detach())
-            if bool(bad.any()):
-                raise FitDiverged(
-                    f"the loss of ensemble member(s) {[ids[i] for i in bad.nonzero()[:, 0]]} "
-                    f"became non-finite at step {step}; rolled back to the last good parameters. "
-                    "Try a smaller lr, a smaller dt, stable_drift=True or standardised data."
-                )
-            loss.sum().backward()  # members are independent: each gets its own gradient
-            if spec.clip_norm is not None:
-                _clip_per_member([p for p in params.values()], spec.clip_norm)
-            optim.step()
-            with torch.no_grad():
-                for n, p in params.items():
-                    last_good[n].copy_(p)
-            losses[step] = loss.detach()
+            losses[step] = trainer.step(step)
             bar.update(1)
-            bar.set_postfix({"loss": f"{float(loss.detach().mean()):.4f}"}, refresh=False)
-    except FitDiverged:
-        with torch.no_grad():
-            for n, p in params.items():
-                p.copy_(last_good[n])
-        raise
+            bar.set_postfix({"loss": f"{float(losses[step].mean()):.4f}"}, refresh=False)
     finally:
         bar.close()
     seconds = time.perf_counter() - t0
     val_elbo = None
     if val_batch is not None:
-        val_elbo = _validation_elbo(stack, val_batch, spec.val_particles, vectorize, plain)
-    state = {n: v.detach().clone() for n, v in {**params, **stack.buffers}.items()}
-    return {"ids": list(ids), "state": state, "loss": losses, "val_elbo": val_elbo,
+        val_elbo = _validation_elbo(
+            trainer.stack, val_batch, spec.val_particles, vectorize, trainer.plain
+        )
+    return {"ids": list(ids), "state": trainer.state(), "loss": losses, "val_elbo": val_elbo,
             "seconds": seconds}  # fmt: skip
 
 
