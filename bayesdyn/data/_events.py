@@ -83,6 +83,22 @@ class EventBatch(NamedTuple):
         marks = torch.where(self.mask, self.marks, torch.full_like(self.marks, -1))
         return torch.stack([self.times, marks.to(self.times.dtype)], dim=-1)
 
+    def subset(self, idx: Any) -> EventBatch:
+        """The events of series ``idx``, trimmed to their longest sequence (at least 1 column).
+
+        Shapes: ``idx [B']`` (long indices) -> an :class:`EventBatch` with ``times [B', N']``.
+        """
+        counts = self.counts[idx]
+        n = max(1, int(counts.max())) if counts.numel() else 1
+        return EventBatch(
+            self.times[idx, :n],
+            self.marks[idx, :n],
+            self.mask[idx, :n],
+            counts,
+            self.window[idx],
+            self.num_marks,
+        )
+
     def to(self, device: Any = None, dtype: Optional[torch.dtype] = None) -> EventBatch:
         """Move to ``device`` and cast ``times``/``window`` to ``dtype``. Shapes: unchanged."""
         if dtype is not None and not dtype.is_floating_point:
@@ -120,6 +136,24 @@ class JumpBatch(NamedTuple):
     def num_series(self) -> int:
         """``B``."""
         return int(self.times.shape[0])
+
+    def subset(self, idx: Any) -> JumpBatch:
+        """Series ``idx`` with their events, rows trimmed to the longest kept series.
+
+        ``bayesdyn.fit(..., batch_size=...)`` draws mini-batches through this method, so they
+        keep the events.
+
+        Shapes: ``idx [B']`` (long indices) -> a :class:`JumpBatch` of ``B'`` series.
+        """
+        T = int(self.lengths[idx].max())
+        return JumpBatch(
+            self.times[idx, :T],
+            self.values[idx, :T],
+            self.mask[idx, :T],
+            self.lengths[idx],
+            None if self.covariates is None else self.covariates[idx, :T],
+            None if self.events is None else self.events.subset(idx),
+        )
 
     def to(self, device: Any = None, dtype: Optional[torch.dtype] = None) -> JumpBatch:
         """Move to ``device``/cast float fields to ``dtype``. Shapes: unchanged."""

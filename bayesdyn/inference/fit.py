@@ -85,6 +85,8 @@ def _as_batch(data, name: str):
 
 
 def _subset(batch, idx: torch.Tensor):
+    if hasattr(batch, "subset"):  # batches with more fields (JumpBatch: events) subset themselves
+        return batch.subset(idx)
     T = int(batch.lengths[idx].max())
     fields_ = {
         "times": batch.times[idx, :T],
