@@ -321,8 +321,7 @@ class LatentJumpSDE(PyroModule):
         if ev is None:
             raise BayesdynValueError(
                 "batch carries no events; build it with IrregularTimeSeries.to_jump_batch() "
-                "(note: bayesdyn.fit(..., batch_size=...) mini-batches drop the events; train "
-                "on the whole batch or with pyro.infer.SVI)"
+                "(and pass that JumpBatch, not the series, to bayesdyn.fit)"
             )
         B = batch.times.shape[0]
         if ev.times.shape[0] != B:
