@@ -7,17 +7,36 @@ predictive trajectories (interpolation and forecasts) and calibration diagnostic
 from importlib.metadata import PackageNotFoundError, version
 
 from ._validation import enable_validation
-from .data import IrregularBatch, IrregularTimeSeries, Scaler
+from .data import (
+    EventBatch,
+    IrregularBatch,
+    IrregularTimeSeries,
+    JumpBatch,
+    Scaler,
+    load_point_process,
+)
 from .diagnostics import calibration_table
 from .inference import (
+    EventForecast,
     PathELBO,
     Trajectories,
     fit,
+    forecast_events,
     load_model,
     posterior_predictive,
     save_model,
 )
-from .models import AbstractSDE, FunctionalSDE, LatentSDE, LatentSDEConfig, SDEPath
+from .models import (
+    AbstractSDE,
+    FunctionalSDE,
+    JumpDiffusionPath,
+    LatentJumpSDE,
+    LatentJumpSDEConfig,
+    LatentSDE,
+    LatentSDEConfig,
+    SDEPath,
+    TemporalPointProcess,
+)
 
 try:
     __version__ = version("bayesdyn")
@@ -26,20 +45,29 @@ except PackageNotFoundError:  # running from a source tree without installation
 
 __all__ = [
     "AbstractSDE",
+    "EventBatch",
+    "EventForecast",
     "FunctionalSDE",
     "IrregularBatch",
     "IrregularTimeSeries",
+    "JumpBatch",
+    "JumpDiffusionPath",
+    "LatentJumpSDE",
+    "LatentJumpSDEConfig",
     "LatentSDE",
     "LatentSDEConfig",
     "PathELBO",
     "SDEPath",
     "Scaler",
+    "TemporalPointProcess",
     "Trajectories",
     "__version__",
     "calibration_table",
     "enable_validation",
     "fit",
+    "forecast_events",
     "load_model",
+    "load_point_process",
     "posterior_predictive",
     "save_model",
 ]
