@@ -188,6 +188,7 @@ class FilterState:
         *,
         covariates=None,
         seed: int | None = None,
+        progress: bool = False,
     ) -> FilterState:
         """Filter new observations and return the new state (this one is unchanged).
 
@@ -199,6 +200,7 @@ class FilterState:
                 rows pad at the end by repeating their last time with mask False.
             covariates: ``[B, T, K]`` for models with covariates.
             seed: seeds torch's generator.
+            progress: show a progress bar over the new observation times (for long updates).
 
         Returns:
             A new :class:`FilterState`; its :attr:`last_result` holds the filtering summaries at
@@ -213,7 +215,7 @@ class FilterState:
         if seed is not None:
             torch.manual_seed(seed)
         with torch.no_grad():
-            carry, result = pf._advance(self.carry, seg)
+            carry, result = pf._advance(self.carry, seg, progress=bool(progress))
         return FilterState(pf, carry, result)
 
     def predict(self, times, num_samples: int = 100, *, seed: int | None = None) -> Trajectories:

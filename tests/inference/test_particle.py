@@ -453,6 +453,39 @@ def test_result_plot_draws_bands_and_ess():
         res.plot(series=[5])
 
 
+def test_summaries_do_not_depend_on_the_record_block(monkeypatch):
+    """Summaries are buffered and computed per block: blocks of one step give the same numbers.
+
+    Masked 2-D data with ragged series exercise the scatter of buffered steps to rows.
+    """
+    import bayesdyn.inference.particle as particle
+
+    data, pf = masked_2d_data(), ParticleFilter(model_2d().state_space(0.1), 40)
+    ref = pf.run(data, seed=3)
+    monkeypatch.setattr(particle, "_RECORD_BLOCK", 1)
+    small = pf.run(data, seed=3)
+    for name in ("means", "variances", "quantiles", "obs_means", "ess", "log_evidence_trace"):
+        torch.testing.assert_close(getattr(small, name), getattr(ref, name), rtol=0, atol=0)
+    assert torch.equal(small.log_evidence, ref.log_evidence)
+
+
+def test_progress_bar_over_observation_times(capsys):
+    """``progress=True`` draws a bar over the observation times; the default (stderr is not a
+    terminal under pytest) draws none; the bar does not change the draws."""
+    data = ou_data(num_series=2, n=7)
+    pf = ParticleFilter(LinearGaussianSDE.ou(1.0, 0.0, 0.5, 0.2, t0=0.0).state_space(0.1), 30)
+    quiet = pf.run(data, seed=1)
+    assert capsys.readouterr().err == ""
+    loud = pf.run(data, seed=1, progress=True)
+    err = capsys.readouterr().err
+    steps = len(set(np.concatenate(data.times).tolist()))  # grid points with a row
+    assert "particle filter" in err and f"{steps}/{steps}" in err
+    assert torch.equal(quiet.means, loud.means)
+    state = pf.init_state(2).update(data, seed=1, progress=True)
+    assert f"{steps}/{steps}" in capsys.readouterr().err
+    assert torch.equal(state.last_result.means, quiet.means)
+
+
 # ---------------------------------------------------------------------------- jumps
 def test_jump_diffusion_one_step_matches_the_closed_form_mixture():
     """One Euler step from N(m0, v0) with "no jump or one jump" (rate lam, size N(mu_j, s_j^2))
