@@ -409,6 +409,10 @@ class IrregularTimeSeries:
     def from_csv(cls, path: Union[str, os.PathLike], **kwargs: Any) -> IrregularTimeSeries:
         """Read a long-format CSV file (see :meth:`from_dataframe` for the keyword arguments).
 
+        The file is read in chunks of ``CSV_CHUNK_ROWS`` rows, and the time, value and
+        covariate columns of each chunk are checked as it arrives: a file of garbage fails at
+        its first bad chunk, in bounded memory, without the rest being read.
+
         Args:
             path: path to the CSV file.
             **kwargs: passed to :meth:`from_dataframe`.
@@ -418,6 +422,8 @@ class IrregularTimeSeries:
 
         Raises:
             BayesdynValueError: if the file is missing, unreadable or cannot be parsed.
+            BayesdynTypeError: if a time, value or covariate column holds something that is
+                not a number (the message names the first such row).
 
         Shapes:
             As :meth:`from_dataframe`.
@@ -516,6 +522,10 @@ class IrregularTimeSeries:
 
         Returns:
             An :class:`IrregularBatch`.
+
+        Raises:
+            BayesdynValueError: if a narrower ``dtype`` (e.g. float32) would turn an observed
+                value or covariate into inf, or round two times of a series to one value.
 
         Shapes:
             ``times [B, T]``, ``values [B, T, D]``, ``mask [B, T, D]``, ``lengths [B]``,
