@@ -172,3 +172,14 @@ def test_100k_observations_train_in_bounded_memory():
     # through the whole series would keep ~100k solver steps of activations (GBs; see
     # benchmarks/bench_memory.py for the measured numbers).
     assert peak_mib < 150, peak_mib
+
+
+def test_cli_chunk_size(tmp_path):
+    from bayesdyn.inference import load_checkpoint
+    from tests.reliability._cli import TINY, run_in_process, write_tiny_csv
+
+    data = write_tiny_csv(tmp_path / "d.csv", num_series=3)
+    argv = ["fit", str(data), "--out", str(tmp_path / "run"), *TINY, "--steps", "3"]
+    assert run_in_process(*argv, "--chunk-size", "5", "--val-fraction", "0") == 0
+    ck = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert ck["schedule"]["chunk_size"] == 5 and ck["data_order"]["position"] == 3
