@@ -8,7 +8,12 @@ from .ensemble import (
     ensemble_disagreement,
     fit_ensemble,
 )
-from .event_predictive import EventForecast, forecast_events
+from .event_predictive import (
+    EventForecast,
+    EventLikelihood,
+    event_log_likelihood,
+    forecast_events,
+)
 from .fit import FitResult, fit, load_checkpoint, save_checkpoint
 from .io import load_model, save_model
 from .kalman import KalmanResult, LinearGaussianSDE, kalman_filter
@@ -28,6 +33,7 @@ __all__ = [
     "Ensemble",
     "EnsembleFitResult",
     "EventForecast",
+    "EventLikelihood",
     "FilterResult",
     "FilterState",
     "FitResult",
@@ -38,6 +44,7 @@ __all__ = [
     "SDEStateSpace",
     "Trajectories",
     "ensemble_disagreement",
+    "event_log_likelihood",
     "fit",
     "fit_ensemble",
     "forecast_events",

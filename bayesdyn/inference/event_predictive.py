@@ -4,10 +4,15 @@ The guide's posterior latent path runs over each series' observation window (con
 observations and events); from the window end the prior jump SDE is simulated forward, with
 events drawn by Ogata thinning along the path and the state jumping at each of them
 (:func:`bayesdyn.solvers.simulate_jump_diffusion_events`).
+
+:func:`event_log_likelihood` scores held-out series: the log-likelihood of their events (and
+observations) under the model's *prior* jump SDE, whose state jumps at the series' own events,
+so the intensity at each time depends on the past only (the predictive intensity).
 """
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass
 
@@ -20,7 +25,7 @@ from tqdm.auto import tqdm
 from .._validation import BayesdynTypeError, BayesdynValueError, check_positive
 from ..solvers import simulate_jump_diffusion_events
 
-__all__ = ["EventForecast", "forecast_events"]
+__all__ = ["EventForecast", "EventLikelihood", "event_log_likelihood", "forecast_events"]
 
 
 @dataclass
@@ -261,4 +266,141 @@ def forecast_events(
         fit_times=g,
         fit_intensity=torch.cat(parts["fit"]),
         ids=list(getattr(data, "ids", None) or []) or None,
+    )
+
+
+@dataclass
+class EventLikelihood:
+    """Held-out log-likelihood of event sequences and the predictive intensity.
+
+    Attributes:
+        log_lik: importance estimate of ``log p(events, obs)`` per series: ``log mean_s
+            exp(per_sample[s])`` (see :func:`event_log_likelihood`).
+        per_sample: ``log p(events, obs | path_s)`` for each prior path ``s``.
+        num_events: real events per series.
+        duration: length of each series' observation window.
+        query_times: the times of ``intensity`` (None without ``query_times``).
+        intensity: per-mark intensity (left limits) at ``query_times`` along each prior path.
+
+    Shapes:
+        - ``log_lik``, ``num_events``, ``duration``: ``[B]``; ``per_sample``: ``[S, B]``
+        - ``query_times``: ``[Q]``; ``intensity``: ``[S, B, Q, K]``
+    """
+
+    log_lik: Tensor
+    per_sample: Tensor
+    num_events: Tensor
+    duration: Tensor
+    query_times: Tensor | None = None
+    intensity: Tensor | None = None
+
+    def per_event(self) -> float:
+        """Total log-likelihood divided by the total number of events."""
+        return float(self.log_lik.sum() / self.num_events.sum().clamp(min=1))
+
+    def per_time(self) -> float:
+        """Total log-likelihood divided by the total window length."""
+        return float(self.log_lik.sum() / self.duration.sum())
+
+    def mean_intensity(self) -> Tensor:
+        """Predictive intensity averaged over the prior paths, summed over marks. ``[B, Q]``."""
+        if self.intensity is None:
+            raise BayesdynValueError("no intensity: pass query_times to event_log_likelihood")
+        return self.intensity.sum(-1).mean(0)
+
+
+def event_log_likelihood(
+    model,
+    data,
+    num_samples: int = 16,
+    *,
+    query_times: Tensor | None = None,
+    chunk_size: int = 25,
+    seed: int | None = None,
+    progress: bool | None = None,
+) -> EventLikelihood:
+    r"""Held-out log-likelihood of events (and observations) under a :class:`~bayesdyn.models.LatentJumpSDE`.
+
+    Draws ``S`` latent paths from the model's prior (initial state from ``p(z0)``, the prior
+    jump SDE with the state jumping at the series' observed events) and scores the observed
+    sites along each: ``l_s = log p(events, obs | path_s)``. The estimate is
+
+    .. math:: \hat\ell = \log \frac1S \sum_s e^{l_s},
+
+    the log of an unbiased estimate of the marginal likelihood, so its expectation is a lower
+    bound that tightens as ``S`` grows; it is exact when the path is deterministic given the
+    events (no diffusion, fixed ``z0``). The prior path at time ``t`` depends on the events
+    before ``t`` only, so ``intensity`` is the model's predictive intensity given the history.
+    Series are processed in chunks of ``chunk_size`` (each chunk on its own union grid).
+
+    Args:
+        model: a :class:`~bayesdyn.models.LatentJumpSDE`.
+        data: ``IrregularTimeSeries`` with events, or a ``JumpBatch``.
+        num_samples: ``S`` prior paths.
+        query_times: optional times ``[Q]`` at which to return the intensity (inside every
+            series' window).
+        chunk_size: series per chunk.
+        seed: torch seed for reproducible draws.
+        progress: progress bar over chunks (default: when stderr is a terminal).
+
+    Returns:
+        :class:`EventLikelihood` (``log_lik [B]``, ``per_sample [S, B]``, ...).
+
+    Raises:
+        BayesdynValueError: for non-positive ``num_samples``/``chunk_size`` or query times
+            outside a window.
+    """
+    for name, v in (("num_samples", num_samples), ("chunk_size", chunk_size)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise BayesdynValueError(f"{name} must be a positive integer; got {v!r}")
+    batch = _as_jump_batch(data)
+    model.check_batch(batch)
+    win = batch.events.window
+    if query_times is not None:
+        if not isinstance(query_times, Tensor) or query_times.dim() != 1:
+            raise BayesdynValueError(
+                f"query_times must be a 1-D tensor [Q]; got {getattr(query_times, 'shape', query_times)}"
+            )
+        q = query_times.to(win.dtype)
+        if bool(((q.min() < win[:, 0]) | (q.max() > win[:, 1])).any()):
+            raise BayesdynValueError(
+                f"query_times must lie inside every series' window; got [{float(q.min()):g}, "
+                f"{float(q.max()):g}] and windows from {float(win[:, 0].max()):g} to "
+                f"{float(win[:, 1].min()):g}"
+            )
+        query_times = query_times.to(batch.times.dtype)
+    if seed is not None:
+        torch.manual_seed(seed)
+    B = batch.times.shape[0]
+    if progress is None:
+        progress = sys.stderr.isatty()
+    per_sample, lams = [], []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for c0 in tqdm(range(0, B, chunk_size), disable=not progress, desc="event log-lik"):
+                sub = batch.subset(torch.arange(c0, min(c0 + chunk_size, B)))
+                with pyro.plate("_loglik_samples", num_samples, dim=-3):
+                    tr = pyro.poutine.trace(model.model).get_trace(sub, query_times)
+                lp = 0.0
+                for site in tr.nodes.values():
+                    if site["type"] == "sample" and site["is_observed"]:
+                        x = site["fn"].log_prob(site["value"])  # [S, b, 1] or [S, b, T]
+                        lp = lp + x.reshape(*x.shape[:2], -1).sum(-1)
+                per_sample.append(lp)
+                if query_times is not None:
+                    z = tr.nodes["_RETURN"]["value"]  # [S, b, U, L]
+                    idx = model.prepare(sub, query_times).grid.query_index
+                    lams.append(model.intensity(z[..., idx, :]))
+    finally:
+        model.train(was_training)
+    samples = torch.cat(per_sample, 1)
+    return EventLikelihood(
+        log_lik=torch.logsumexp(samples, 0) - math.log(num_samples),
+        per_sample=samples,
+        num_events=batch.events.counts,
+        duration=win[:, 1] - win[:, 0],
+        query_times=query_times,
+        intensity=torch.cat(lams, 1) if lams else None,
     )

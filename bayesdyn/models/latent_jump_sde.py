@@ -20,7 +20,8 @@ between ``lambda(z+_k)`` and ``lambda(z_{k+1})`` on each step; an event reads th
 Guide (``guide``): the foundation's posterior SDE (same diffusion, a drift that reads an
 encoder context), whose GRU encoder runs over the merged rows of observations *and* events
 (values and mask, plus the event's one-hot mark), so the posterior path sees the events. It
-reuses :class:`~bayesdyn.models.LatentSDE`'s networks, encoders and grid (``core``).
+reuses :class:`~bayesdyn.models.LatentSDE`'s networks, encoders and grid (``core``). With
+``guide="prior"`` the guide is the prior jump SDE itself (see :class:`LatentJumpSDEConfig`).
 
 Plates: ``"series"`` at ``dim=-2`` and ``"time"`` at ``dim=-1``; ``max_plate_nesting = 2``.
 
@@ -79,6 +80,12 @@ class LatentJumpSDEConfig:
             as in ``LatentSDEConfig``.
         obs_scale_init: initial scale of the Gaussian decoder (``obs_dim > 0``).
         dt: largest solver step; t0: time of the initial state (default: the batch's first).
+        guide: ``"encoder"`` (default): the amortised posterior SDE whose encoder reads the
+            observations and events. ``"prior"``: the guide is the prior itself (``q(z0) =
+            p(z0)``, the prior jump SDE's path), so the ELBO is ``E_prior[log p(events, obs |
+            z)]`` and the KL terms vanish. For event data whose intensity depends only on the
+            past (point processes) with a small diffusion this is maximum likelihood of the
+            neural jump SDE as in Jia & Benson (2019); it needs no encoder, which it skips.
     """
 
     obs_dim: int = 0
@@ -100,8 +107,11 @@ class LatentJumpSDEConfig:
     obs_scale_init: float = 0.1
     dt: float = 0.5
     t0: float | None = None
+    guide: str = "encoder"
 
     def __post_init__(self):
+        if self.guide not in ("encoder", "prior"):
+            raise BayesdynValueError(f"guide must be 'encoder' or 'prior'; got {self.guide!r}")
         for name, lo in (("obs_dim", 0), ("num_marks", 1), ("jump_hidden_dim", 1)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
@@ -474,6 +484,8 @@ class LatentJumpSDE(PyroModule):
         grid = prep.grid.grid
         B = batch.times.shape[0]
         L = self.config.latent_dim
+        if self.config.guide == "prior":
+            return self._prior_guide(prep, B, kl_scale)
         context = self.core.encode(prep.merged)
         q0 = self.core.qz0_net(context[:, 0])
         loc, scale = q0[..., :L], F.softplus(q0[..., L:]) + 1e-4
@@ -483,6 +495,18 @@ class LatentJumpSDE(PyroModule):
                 z0 = pyro.sample(
                     Z0_SITE, dist.Normal(loc.unsqueeze(1), scale.unsqueeze(1)).to_event(1)
                 )
+                return pyro.sample(PATH_SITE, SDEPath(sde, z0, grid))
+
+    def _prior_guide(self, prep: EventGrid, B: int, kl_scale: float) -> Tensor:
+        """``guide="prior"``: sample ``z0`` and the path from the prior jump SDE itself."""
+        grid = prep.grid.grid
+        L = self.config.latent_dim
+        sde = self._bound(prep, self.core.prior_sde(prep.merged, grid))
+        with pyro.plate("series", B, dim=-2):
+            with poutine.scale(scale=kl_scale):
+                loc = self.core.z0_prior.loc.expand(B, 1, L)
+                scale = self.core.z0_prior.scale().expand(B, 1, L)
+                z0 = pyro.sample(Z0_SITE, dist.Normal(loc, scale).to_event(1))
                 return pyro.sample(PATH_SITE, SDEPath(sde, z0, grid))
 
     # ------------------------------------------------------------------ save / load
