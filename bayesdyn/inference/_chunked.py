@@ -89,6 +89,11 @@ class ChunkedObjective:
             )
         if getattr(batch, "covariates", None) is not None:
             raise BayesdynValueError("chunked training does not support covariates yet")
+        if not isinstance(batch, IrregularBatch):  # e.g. a JumpBatch: its events would be lost
+            raise BayesdynValueError(
+                "chunked training supports plain IrregularBatch data (no events) for now; "
+                f"got {type(batch).__name__}"
+            )
         self.model, self.elbo = model, elbo
         self.tau = window_boundaries(batch, chunk_size)
         self.num_windows = max(len(self.tau) - 1, 1)

@@ -9,6 +9,7 @@ ordinary training bit for bit, that a chunked run resumes exactly, and that a se
 from __future__ import annotations
 
 import sys
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -137,6 +138,17 @@ def test_chunk_size_is_checked():
         fit(small(), s, num_steps=1, chunk_size=0, progress=False)
     with pytest.raises(BayesdynValueError, match="one particle per step"):
         fit(small(), s, num_steps=1, chunk_size=3, num_particles=2, progress=False)
+
+    class OtherBatch(NamedTuple):  # a batch type with more to it (like JumpBatch's events)
+        times: torch.Tensor
+        values: torch.Tensor
+        mask: torch.Tensor
+        lengths: torch.Tensor
+        covariates: None = None
+
+    other = OtherBatch(*s.to_batch()[:4])
+    with pytest.raises(BayesdynValueError, match="supports plain IrregularBatch data"):
+        fit(small(), other, num_steps=1, chunk_size=3, progress=False)
 
 
 def _status_kib(field: str) -> int:
