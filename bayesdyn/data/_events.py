@@ -410,7 +410,14 @@ def load_point_process(
     """
     from ._series import IrregularTimeSeries
 
-    lo, hi = (float(w) for w in window)
+    try:
+        if isinstance(window, (str, bytes)):
+            raise TypeError
+        lo, hi = (float(w) for w in window)
+    except (TypeError, ValueError):  # not a pair of numbers (found by the loader fuzzer)
+        raise BayesdynTypeError(
+            f"window must be a pair of numbers (start, end); got {window!r}"
+        ) from None
     if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
         raise BayesdynValueError(
             f"window must be finite (start, end) with start < end; got {window}"
