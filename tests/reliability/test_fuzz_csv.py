@@ -13,6 +13,7 @@ import tempfile
 
 import numpy as np
 import pandas as pd
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -108,3 +109,61 @@ def test_ids_agree_across_chunks(tmp_path):
     s = IrregularTimeSeries.from_csv(tmp_path / "d.csv")
     assert s.ids == ["7", "a"] and s.lengths == [n, 1]
     assert s.ids == IrregularTimeSeries.from_dataframe(pd.read_csv(tmp_path / "d.csv")).ids
+
+
+# ------------------------------------------------------------------ point-process files
+
+EVENT_TOKEN = st.one_of(
+    st.floats(0, 100).map(repr),
+    st.sampled_from(["nan", "inf", "-1", "1e999", "150", ";", "abc", "1,5", "", "0x3"]),
+)
+
+
+@st.composite
+def event_file(draw):
+    lines = []
+    for _ in range(draw(st.integers(0, 5))):
+        toks = draw(st.lists(EVENT_TOKEN, max_size=5))
+        if draw(st.booleans()):  # mostly sorted, as in real files
+            nums = [t for t in toks if t.replace(".", "", 1).isdigit()]
+            toks = sorted(nums, key=float) if len(nums) == len(toks) else toks
+        lines.append(" ".join(toks) + (";" if draw(st.booleans()) else ""))
+    return "\n".join(lines)
+
+
+@FUZZ
+@given(
+    event_file(),
+    st.one_of(
+        st.just((0.0, 100.0)),
+        st.tuples(st.floats(allow_nan=True), st.floats(allow_nan=True)),
+        st.sampled_from([(0, 1, 2), ("a", 1), (5.0,), None, "0,100", "01", (100.0, 0.0)]),
+    ),
+)
+def test_point_process_loader_fuzz(text, window):
+    from bayesdyn.data import load_point_process
+
+    fd, path = tempfile.mkstemp(suffix=".txt")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        s = outcome(lambda: load_point_process(path, window=window))
+    finally:
+        os.unlink(path)
+    if s is not None:
+        lines = text.splitlines()
+        assert len(s) == len(lines)
+        for i, line in enumerate(lines):
+            body = line.rstrip()
+            body = body[:-1] if body.endswith(";") else body
+            assert np.array_equal(s.events[i], np.array([float(t) for t in body.split()]))
+
+
+def test_point_process_window_must_be_a_pair(tmp_path):
+    from bayesdyn._validation import BayesdynTypeError
+    from bayesdyn.data import load_point_process
+
+    (tmp_path / "e.txt").write_text("1.0 2.0;\n")
+    for window in [None, (0, 1, 2), ("a", 1), "01"]:
+        with pytest.raises(BayesdynTypeError, match=r"window must be a pair of numbers"):
+            load_point_process(tmp_path / "e.txt", window=window)
