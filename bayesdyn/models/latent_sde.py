@@ -17,6 +17,7 @@ Plates: ``"series"`` at ``dim=-2`` and ``"time"`` at ``dim=-1``; ``max_plate_nes
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass, fields
 from typing import Literal
@@ -203,19 +204,24 @@ class _BoundSDE(AbstractSDE):
         self.grid = grid
         self.pre = pre
         self._weights = drift.bind()
-        U = grid.numel()
-        self._pre_steps = pre.unbind(-2) if pre.dim() >= 2 else [pre] * U
         # Guiding term (target - z) * rate towards the next observation; see LatentSDE.
         self.bridge = bridge
-        if bridge is not None:
-            self._bridge_steps = list(zip(bridge[0].unbind(-2), bridge[1].unbind(-2), strict=True))
         self.active = active
-        if active is not None:
-            self._active_steps = active.unsqueeze(-1).unbind(-2)
-            self._all_active = active.all(0).all(0).tolist()
-        else:
-            self._active_steps = None
-            self._all_active = None
+        self._all_active = None if active is None else active.all(0).all(0).tolist()
+
+    # Per-step views for the generic loop (:meth:`step`), made on first use: the fused
+    # training pass reads the whole tensors and never needs them.
+    @functools.cached_property
+    def _pre_steps(self):
+        return self.pre.unbind(-2) if self.pre.dim() >= 2 else [self.pre] * self.grid.numel()
+
+    @functools.cached_property
+    def _bridge_steps(self):
+        return list(zip(self.bridge[0].unbind(-2), self.bridge[1].unbind(-2), strict=True))
+
+    @functools.cached_property
+    def _active_steps(self):
+        return None if self.active is None else self.active.unsqueeze(-1).unbind(-2)
 
     def _pre_on_path(self) -> Tensor:
         return self.pre[..., :-1, :] if self.pre.dim() >= 2 else self.pre
