@@ -11,16 +11,20 @@ EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"
 EXAMPLES = sorted(p.name for p in EXAMPLES_DIR.glob("*.py"))
 
 #: Files each example must write under ``--out`` (scripts listed here accept ``--out``).
-OUTPUTS = {"ou_forecast.py": ["ou_forecast.png"]}
+OUTPUTS = {
+    "ou_forecast.py": ["ou_forecast.png"],
+    "streaming_filter.py": ["streaming_filter.png"],
+}
 #: Text each example must print.
 PRINTS = {
     "ou_forecast.py": ["90% interval coverage"],
     "pyro_model_script.py": ["true    theta", "learned theta"],
+    "streaming_filter.py": ["90% predictive band width", "before any data"],
 }
 
 
 def test_examples_found():
-    assert {"ou_forecast.py", "pyro_model_script.py"} <= set(EXAMPLES)
+    assert {"ou_forecast.py", "pyro_model_script.py", "streaming_filter.py"} <= set(EXAMPLES)
 
 
 @pytest.mark.integration
