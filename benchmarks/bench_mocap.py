@@ -80,6 +80,8 @@ SCHEMA = {
     "val_samples": int,
     "num_samples": int,
     "max_train_minutes": ("optional", float),
+    "train_window": ("optional", int),
+    "window_stride": int,
 }
 
 
@@ -99,6 +101,16 @@ def load_mocap_config(path: str | os.PathLike) -> dict:
         )
     if cfg["max_train_minutes"] is not None and cfg["max_train_minutes"] <= 0:
         raise BayesdynValueError(f"{where}: 'max_train_minutes' must be > 0 or null")
+    w = cfg["train_window"]
+    if w is not None and not cfg["context_frames"] < w <= NUM_FRAMES:
+        raise BayesdynValueError(
+            f"{where}: 'train_window' must lie in ({cfg['context_frames']}, {NUM_FRAMES}] or be "
+            f"null; got {w}"
+        )
+    if cfg["window_stride"] < 1:
+        raise BayesdynValueError(
+            f"{where}: 'window_stride' must be >= 1; got {cfg['window_stride']}"
+        )
     if cfg["val_samples"] < 2 or cfg["num_samples"] < 2:
         raise BayesdynValueError(f"{where}: 'val_samples' and 'num_samples' must be >= 2")
     model = dict(cfg["model"])
@@ -170,6 +182,20 @@ def to_series(x: np.ndarray, context_frames: int | None = None) -> IrregularTime
     return IrregularTimeSeries([t] * len(x), list(vals), list(mask))
 
 
+def windows(x: np.ndarray, length: int | None, stride: int) -> np.ndarray:
+    """Training windows ``[N * n_w, length, D]`` starting every ``stride`` frames.
+
+    Each window is a sequence of its own (its times restart at 0): the model is trained to
+    continue a walk from the first frames of any phase, not only from frame 0, which keeps the
+    first-frames context from identifying (and replaying) one of the 16 training sequences.
+    ``length=None`` returns ``x`` unchanged.
+    """
+    if length is None:
+        return x
+    starts = range(0, x.shape[1] - length + 1, stride)
+    return np.concatenate([x[:, s : s + length] for s in starts])
+
+
 def predict(model, x_scaled: np.ndarray, scaler: Scaler, cfg: dict, num_samples: int, seed: int):
     """Condition on the first frames; return decoder-mean and observation samples, raw units.
 
@@ -199,7 +225,8 @@ def train(model, data: dict, scaler: Scaler, cfg: dict, seed: int, log) -> dict:
     from ``lr`` to ``lr_final`` over ``num_steps``.
     """
     train_scaled = scaler.transform_values(data["Xtr"])
-    train_s = to_series(train_scaled)
+    train_s = to_series(windows(train_scaled, cfg["train_window"], cfg["window_stride"]))
+    log(f"training on {len(train_s)} sequences of {train_s.lengths[0]} frames")
     val_scaled = scaler.transform_values(data["Xval"])
     n, every = cfg["num_steps"], cfg["eval_every"]
     decay = (cfg["lr_final"] / cfg["lr"]) ** (1.0 / n)
