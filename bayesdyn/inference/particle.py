@@ -404,10 +404,12 @@ def systematic_resample(weights: Tensor, uniforms: Tensor | None = None) -> Tens
     N, B = weights.shape
     if uniforms is None:
         uniforms = torch.rand(B, dtype=weights.dtype, device=weights.device)
-    cdf = weights.detach().cumsum(0).T.contiguous()  # [B, N]
+    cdf = weights.detach().T.cumsum(-1)  # [B, N], contiguous
     cdf[:, -1] = 1.0  # guard against round-off below 1
-    pos = (uniforms.unsqueeze(-1) + torch.arange(N, dtype=weights.dtype, device=weights.device)) / N
-    return torch.searchsorted(cdf, pos.contiguous(), right=True).clamp(max=N - 1).T
+    pos = (
+        torch.arange(N, dtype=weights.dtype, device=weights.device) + uniforms.unsqueeze(-1)
+    ).div_(N)
+    return torch.searchsorted(cdf, pos, right=True).clamp_(max=N - 1).T
 
 
 def _weighted_quantiles(z: Tensor, w: Tensor, qs: Tensor) -> Tensor:
@@ -415,12 +417,12 @@ def _weighted_quantiles(z: Tensor, w: Tensor, qs: Tensor) -> Tensor:
 
     Shapes: ``z [N, B, L]``, ``w [N, B]`` normalised, ``qs [Q]`` -> ``[Q, B, L]``.
     """
-    zs, order = z.sort(0)
-    cdf = torch.gather(w.unsqueeze(-1).expand_as(z), 0, order).cumsum(0)  # [N, B, L]
-    cdf_t = cdf.permute(1, 2, 0).contiguous()  # [B, L, N]
-    q = qs.expand(*cdf_t.shape[:2], -1).contiguous()
-    idx = torch.searchsorted(cdf_t, q).clamp(max=z.shape[0] - 1)  # [B, L, Q]
-    return torch.gather(zs.permute(1, 2, 0), -1, idx).permute(2, 0, 1)
+    # Particles on the last, contiguous dimension: sorting and cumulating along it is faster.
+    zs, order = z.permute(1, 2, 0).contiguous().sort(-1)  # [B, L, N]
+    cdf = torch.gather(w.T.unsqueeze(1).expand_as(zs), -1, order).cumsum(-1)
+    q = qs.expand(*cdf.shape[:2], -1).contiguous()
+    idx = torch.searchsorted(cdf, q).clamp_(max=z.shape[0] - 1)  # [B, L, Q]
+    return torch.gather(zs, -1, idx).permute(2, 0, 1)
 
 
 # ---------------------------------------------------------------------------------- results
