@@ -264,7 +264,10 @@ def test_elbo_weights_and_validation(tiny):
     assert ens.fit_result.val_elbo.shape == (2,)
     assert torch.allclose(ens.weights, elbo_weights(ens.fit_result.val_elbo))
     w = ens.set_weights("elbo", series, num_particles=2)  # vectorised validation ELBO
-    assert w.shape == (2,) and float(w.sum()) == pytest.approx(1.0) and bool((w > 0).all())
+    assert w.shape == (2,) and float(w.sum()) == pytest.approx(1.0) and bool((w >= 0).all())
+    # pseudo-BMA weights are near one-hot when total ELBOs differ by many nats, as here; the
+    # fit-time estimate (other particles) must pick the same member
+    assert int(w.argmax()) == int(ens.fit_result.val_elbo.argmax())
     assert torch.equal(ens.set_weights("uniform"), torch.full((2,), 0.5, dtype=torch.float64))
     with pytest.raises(ValueError, match="weights='elbo' needs val_data"):
         ens.set_weights("elbo")
