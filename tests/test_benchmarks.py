@@ -242,3 +242,12 @@ def test_render_table_puts_numbers_next_to_references():
 def test_readme_has_one_results_block():
     text = (BENCH.parent / "README.md").read_text()
     assert text.count(run_all.BEGIN) == 1 and text.count(run_all.END) == 1
+
+
+def test_mocap_training_windows():
+    x = np.arange(2 * 10 * 1, dtype=float).reshape(2, 10, 1)
+    w = mocap.windows(x, 4, 3)  # starts 0, 3, 6 per sequence
+    assert w.shape == (6, 4, 1)
+    np.testing.assert_array_equal(w[1, :, 0], x[1, 0:4, 0])  # sequence 1, start 0
+    np.testing.assert_array_equal(w[2, :, 0], x[0, 3:7, 0])  # sequence 0, start 3
+    assert mocap.windows(x, None, 3) is x
