@@ -12,11 +12,13 @@ EXAMPLES = sorted(p.name for p in EXAMPLES_DIR.glob("*.py"))
 
 #: Files each example must write under ``--out`` (scripts listed here accept ``--out``).
 OUTPUTS = {
+    "hawkes_events.py": ["hawkes_events.png"],
     "ou_forecast.py": ["ou_forecast.png"],
     "streaming_filter.py": ["streaming_filter.png"],
 }
 #: Text each example must print.
 PRINTS = {
+    "hawkes_events.py": ["log-likelihood per event: model", "90% count interval coverage"],
     "ou_forecast.py": ["90% interval coverage"],
     "pyro_model_script.py": ["true    theta", "learned theta"],
     "streaming_filter.py": ["90% predictive band width", "before any data"],
