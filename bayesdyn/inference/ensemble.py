@@ -669,6 +669,12 @@ def fit_ensemble(
         raise BayesdynValueError(f"batch_size must be a positive integer; got {batch_size!r}")
     if not (isinstance(max_retries, int) and max_retries >= 0):
         raise BayesdynValueError(f"max_retries must be a non-negative integer; got {max_retries!r}")
+    if isinstance(val_particles, bool) or not isinstance(val_particles, int) or val_particles < 1:
+        raise BayesdynValueError(f"val_particles must be a positive integer; got {val_particles!r}")
+    if backend != "ray" and (num_groups is not None or ray_address is not None):
+        raise BayesdynValueError(
+            f"num_groups and ray_address apply to backend='ray' only; got backend={backend!r}"
+        )
     batch = _as_batch(data, "data")
     probe = LatentSDE(config=config)
     probe.check_batch(batch)

@@ -294,6 +294,8 @@ def test_save_and_load_round_trip(small_ensemble, tmp_path):
         (dict(prior_scale=-1.0), "prior_scale must be a finite positive number; got -1.0"),
         (dict(max_retries=-1), "max_retries must be a non-negative integer; got -1"),
         (dict(batch_size=0), "batch_size must be a positive integer; got 0"),
+        (dict(val_particles=0), "val_particles must be a positive integer; got 0"),
+        (dict(num_groups=2), "num_groups and ray_address apply to backend='ray' only"),
     ],
 )
 def test_fit_ensemble_errors(tiny, kwargs, match):
