@@ -94,7 +94,10 @@ def train_on_ray(
     ray = _import_ray()
     started = False
     if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
+        if address is None:  # a new local instance, without the dashboard
+            ray.init(include_dashboard=False, logging_level=logging.WARNING)
+        else:  # an existing cluster: options of a new instance are refused there
+            ray.init(address=address, logging_level=logging.WARNING)
         started = True
     try:
         cpus = int(ray.cluster_resources().get("CPU", 1))
@@ -121,7 +124,7 @@ def train_on_ray(
             g, attempt = pending.pop(ref)
             try:
                 results[g] = ray.get(ref)
-            except (ray.exceptions.RayError, Exception) as e:  # task error or dead worker
+            except Exception as e:  # a RayTaskError, WorkerCrashedError, lost node, ...
                 msg = str(e).strip().splitlines()
                 record = {
                     "group": g,
