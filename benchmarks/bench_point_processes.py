@@ -1,0 +1,369 @@
+"""Point-process benchmark: LatentJumpSDE on the Neural Jump SDE data sets (Jia & Benson 2019).
+
+Usage::
+
+    nice -n 10 .venv/bin/python benchmarks/bench_point_processes.py [--seed 0]
+        [--config benchmarks/configs/point_processes.json] [--datasets poisson,self_inhibiting]
+        [--steps N] [--out benchmarks/results]
+
+Protocol, per data set (``../shared/data/point_processes/<name>_{training,validation,testing}.csv``,
+sequences on ``[0, 100]``):
+
+- train a :class:`~bayesdyn.models.LatentJumpSDE` on the training split with ``bayesdyn.fit``
+  (mini-batches of sequences; ``guide="prior"`` makes the ELBO the expected log-likelihood of
+  the events along prior paths);
+- every ``eval_every`` steps score the validation split (its ELBO, i.e. its log-likelihood
+  along a prior path) and keep the parameters with the best score;
+- report the test log-likelihood per event and per unit time (importance estimate over
+  ``test_samples`` prior paths) and the gap to the true process's exact log-likelihood;
+- intensity MAPE: the model's predictive intensity (mean over prior paths, which jump at the
+  sequence's own past events) against the true intensity on the grid ``mape_dt, 2 mape_dt, ...,
+  100`` of every test sequence, ``mean |lambda_hat - lambda| / lambda``.
+
+The true processes (parameters of the data generator in the jj585 branch of
+000Justin000/torchdiffeq, ``examples/point_processes*.py``), checked here by reproducing the
+oracle log-likelihoods of ../shared/data/README.md on the test split:
+
+- poisson: rate 1;
+- exponential_hawkes: ``lambda(t) = 0.2 + 0.8 sum_{t_i < t} exp(-(t - t_i))``;
+- self_inhibiting (self-correcting): ``lambda(t) = exp(0.5 t - 0.2 N(t-))``;
+- powerlaw_hawkes: the file does not match its stated parameters, so it has no oracle (its
+  log-likelihood is reported without a gap or MAPE).
+
+The last line printed is ``worst_gap_to_oracle_pct=<number>`` (the largest relative gap of the
+test log-likelihood per event over the data sets with an oracle; positive = worse than the
+truth). Results go to ``benchmarks/results/point_processes.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import _bench_common as common  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import bayesdyn  # noqa: E402
+from bayesdyn._validation import BayesdynValueError  # noqa: E402
+from bayesdyn.data import hawkes_intensity, hawkes_log_likelihood, load_point_process  # noqa: E402
+from bayesdyn.inference import event_log_likelihood  # noqa: E402
+from bayesdyn.models import LatentJumpSDE, LatentJumpSDEConfig  # noqa: E402
+
+NAME = "point_processes"
+T_END = 100.0
+#: Exact test log-likelihood of the true process (../shared/data/README.md): per event, per time.
+ORACLE = {
+    "poisson": (-1.0051, -1.0000),
+    "exponential_hawkes": (-0.4470, -0.4494),
+    "self_inhibiting": (-0.0474, -0.1164),
+}
+#: Intensity MAPE reported by the Neural Jump SDE paper (Jia & Benson 2019, Table 1).
+PAPER_MAPE = {"exponential_hawkes": 5.9, "self_inhibiting": 9.3, "powerlaw_hawkes": 17.1}
+HAWKES = dict(baseline=0.2, alpha=0.8, beta=1.0)  # alpha: branching ratio; kernel 0.8 e^{-t}
+SELF_INHIBITING = dict(mu=0.5, beta=0.2)
+DATASETS = ("poisson", "exponential_hawkes", "self_inhibiting", "powerlaw_hawkes")
+
+SCHEMA = {
+    "datasets": list,
+    "model": dict,
+    "num_steps": int,
+    "batch_size": int,
+    "lr": float,
+    "lr_final": float,
+    "clip_norm": float,
+    "eval_every": int,
+    "val_samples": int,
+    "test_samples": int,
+    "eval_chunk_size": int,
+    "mape_dt": float,
+    "mape_samples": int,
+    "mape_chunk_size": int,
+}
+
+
+def load_pp_config(path) -> dict:
+    """Read and check the config (names, types, positive values, known data sets)."""
+    cfg = common.load_config(path, SCHEMA)
+    where = f"config {os.path.basename(str(path))}"
+    common.check_positive_keys(
+        cfg,
+        ["num_steps", "batch_size", "lr", "lr_final", "clip_norm", "eval_every"]
+        + ["val_samples", "test_samples", "eval_chunk_size", "mape_dt", "mape_samples"]
+        + ["mape_chunk_size"],
+        where,
+    )
+    bad = [d for d in cfg["datasets"] if d not in DATASETS]
+    if bad or not cfg["datasets"]:
+        raise BayesdynValueError(
+            f"{where}: 'datasets' must be a non-empty list drawn from {list(DATASETS)}; got {bad}"
+        )
+    if "init_intensity" in cfg["model"]:
+        raise BayesdynValueError(
+            f"{where}: model.init_intensity is set from the training data's event rate; remove it"
+        )
+    cfg["model_config"] = LatentJumpSDEConfig.from_dict(cfg["model"])  # checks the names
+    return cfg
+
+
+# ------------------------------------------------------------------ the true processes
+def self_inhibiting_intensity(t: np.ndarray, events: np.ndarray, mu: float, beta: float):
+    """``exp(mu t - beta N(t-))`` (left limits). Shapes: ``t [Q]``, ``events [N]`` -> ``[Q]``."""
+    n_before = np.searchsorted(events, t, side="left")
+    return np.exp(mu * t - beta * n_before)
+
+
+def self_inhibiting_log_likelihood(events: np.ndarray, t1: float, mu: float, beta: float):
+    """Exact log-likelihood on ``[0, t1]``: ``sum log lambda(t_i) - int lambda`` (closed form)."""
+    n = np.arange(events.size)
+    edges = np.concatenate([[0.0], events, [t1]])
+    k = np.arange(edges.size - 1)
+    comp = np.sum(np.exp(-beta * k) * (np.exp(mu * edges[1:]) - np.exp(mu * edges[:-1])) / mu)
+    return float(np.sum(mu * events - beta * n) - comp)
+
+
+def true_log_likelihood(name: str, events: np.ndarray) -> float | None:
+    """Exact log-likelihood of one sequence on ``[0, 100]`` under the generating process."""
+    if name == "poisson":
+        return -T_END  # rate 1: N log 1 - 1 * 100
+    if name == "exponential_hawkes":
+        return hawkes_log_likelihood(events, 0.0, T_END, **HAWKES)
+    if name == "self_inhibiting":
+        return self_inhibiting_log_likelihood(events, T_END, **SELF_INHIBITING)
+    return None
+
+
+def true_intensity(name: str, t: np.ndarray, events: np.ndarray) -> np.ndarray | None:
+    """True intensity (left limits) at ``t [Q]``, or None without an oracle."""
+    if name == "poisson":
+        return np.ones_like(t)
+    if name == "exponential_hawkes":
+        return hawkes_intensity(t, events, **HAWKES)
+    if name == "self_inhibiting":
+        return self_inhibiting_intensity(t, events, **SELF_INHIBITING)
+    return None
+
+
+# ------------------------------------------------------------------ training and scoring
+def train(model, train_b, val_b, cfg: dict, seed: int, log) -> dict:
+    """One ``bayesdyn.fit`` run on mini-batches of ``batch_size`` training sequences, with
+    validation every ``eval_every`` steps; ``fit`` keeps the parameters of the best validation
+    score (with ``guide="prior"`` the validation ELBO is the log-likelihood of the validation
+    events along one prior path: a selection on the validation log-likelihood)."""
+    num_series = train_b.times.shape[0]
+    n_val_events = int(val_b.events.counts.sum())
+    res = bayesdyn.fit(
+        model,
+        train_b,
+        num_steps=cfg["num_steps"],
+        lr=cfg["lr"],
+        lr_final=cfg["lr_final"],
+        batch_size=cfg["batch_size"],
+        clip_norm=cfg["clip_norm"],
+        val_data=val_b,
+        val_every=cfg["eval_every"],
+        seed=seed,
+        progress=False,
+    )
+    epochs = res.num_steps * cfg["batch_size"] / num_series
+    history = []
+    for h in res.history:
+        if "val_loss" in h:
+            k = h["step"]
+            loss = float(
+                np.mean([r["loss"] for r in res.history[max(0, k - cfg["eval_every"]) : k]])
+            )
+            val = -h["val_loss"] / n_val_events
+            history.append({"step": k, "train_loss": loss, "val_ll_per_event": val})
+            mark = " *" if k == res.best_step else ""
+            log(
+                f"  step {k:4d}  epoch {k * cfg['batch_size'] / num_series:5.2f}  "
+                f"-ELBO/batch {loss:9.2f}  val ll/event {val:8.4f}{mark}"
+            )
+    log(f"  {res.summary()}; {res.seconds / max(epochs, 1e-9):.1f} s per epoch")
+    return {
+        "best_step": res.best_step,
+        "best_val_ll_per_event": -res.best_val_loss / n_val_events,
+        "steps_done": res.num_steps,
+        "epochs": epochs,
+        "fit_seconds": res.seconds,
+        "seconds_per_epoch": res.seconds / max(epochs, 1e-9),
+        "history": history,
+    }
+
+
+def evaluate(name: str, model, test_s, cfg: dict, seed: int) -> dict:
+    """Test log-likelihood (per event, per time), gap to the oracle and intensity MAPE.
+
+    The log-likelihood is scored on union grids of ``eval_chunk_size`` sequences, the
+    training batch size, so test grids are as fine as the training grids (the model is the
+    Euler discretisation on such a grid). The MAPE pass adds the query grid (every
+    ``mape_dt``), on chunks of ``mape_chunk_size`` sequences.
+    """
+    ll = event_log_likelihood(
+        model, test_s, cfg["test_samples"], chunk_size=cfg["eval_chunk_size"], seed=seed
+    )
+    out = {
+        "test_ll_per_event": ll.per_event(),
+        "test_ll_per_time": ll.per_time(),
+        "num_test_events": int(ll.num_events.sum()),
+        # Spread of one prior path's score around the importance estimate.
+        "test_ll_per_event_single_path_sd": float(ll.per_sample.sum(1).std() / ll.num_events.sum()),
+    }
+    events = [np.asarray(e) for e in test_s.events]
+    n_ev = sum(e.size for e in events)
+    true = [true_log_likelihood(name, e) for e in events]
+    if true[0] is None:
+        return out
+    o_ev, o_t = sum(true) / n_ev, sum(true) / (T_END * len(events))
+    ref_ev, ref_t = ORACLE[name]
+    if abs(o_ev - ref_ev) > 5e-4 or abs(o_t - ref_t) > 5e-4:
+        raise BayesdynValueError(
+            f"{name}: the true process's log-likelihood {o_ev:.4f}/event does not reproduce "
+            f"the README's {ref_ev}: wrong generator parameters"
+        )
+    out["oracle_ll_per_event"] = o_ev
+    out["oracle_ll_per_time"] = o_t
+    out["gap_to_oracle_pct"] = 100.0 * (o_ev - out["test_ll_per_event"]) / abs(o_ev)
+    q = cfg["mape_dt"] * torch.arange(1, int(round(T_END / cfg["mape_dt"])) + 1)
+    q = q.to(torch.get_default_dtype())
+    lam = event_log_likelihood(
+        model,
+        test_s,
+        cfg["mape_samples"],
+        query_times=q,
+        chunk_size=cfg["mape_chunk_size"],
+        seed=seed + 1,
+    ).mean_intensity()  # [B, Q]
+    tq = q.numpy()
+    ape = [
+        np.abs(lam[b].numpy() - lt) / lt
+        for b, e in enumerate(events)
+        for lt in [true_intensity(name, tq, e)]
+    ]
+    out["intensity_mape_pct"] = 100.0 * float(np.mean(ape))
+    return out
+
+
+def poisson_baseline(train_s, test_s) -> float:
+    """Test log-likelihood per event of a constant intensity fitted to the training split."""
+    rate = sum(len(e) for e in train_s.events) / (T_END * len(train_s))
+    n = sum(len(e) for e in test_s.events)
+    return (n * math.log(rate) - rate * T_END * len(test_s)) / n
+
+
+def run_dataset(name: str, cfg: dict, seed: int, log) -> dict:
+    """Train, select and test on one data set."""
+    path = common.SHARED_DATA / "point_processes"
+    splits = {
+        s: load_point_process(path / f"{name}_{s}.csv")
+        for s in ("training", "validation", "testing")
+    }
+    rate = sum(len(e) for e in splits["training"].events) / (T_END * len(splits["training"]))
+    torch.manual_seed(seed)
+    model = LatentJumpSDE(config=LatentJumpSDEConfig(**{**cfg["model"], "init_intensity": rate}))
+    n_par = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log(
+        f"{name}: {len(splits['training'])}/{len(splits['validation'])}/{len(splits['testing'])} "
+        f"sequences; training rate {rate:.3f} events per unit time; {n_par} parameters"
+    )
+    train_b = splits["training"].to_jump_batch()
+    tr = train(model, train_b, splits["validation"].to_jump_batch(), cfg, seed, log)
+    t0 = time.perf_counter()
+    res = evaluate(name, model, splits["testing"], cfg, seed + 2)
+    res["test_seconds"] = time.perf_counter() - t0
+    res["poisson_baseline_ll_per_event"] = poisson_baseline(splits["training"], splits["testing"])
+    res["paper_intensity_mape_pct"] = PAPER_MAPE.get(name)
+    res["num_parameters"] = n_par
+    res["training"] = tr
+    with torch.no_grad():
+        res["diffusion"] = float(
+            model.core.diffusion(torch.zeros(1, model.config.latent_dim)).max()
+        )
+    gap = res.get("gap_to_oracle_pct")
+    log(
+        f"  test ll/event {res['test_ll_per_event']:.4f} (per time {res['test_ll_per_time']:.4f})"
+        + (
+            f"; oracle {res['oracle_ll_per_event']:.4f}: gap {gap:.2f}%; intensity MAPE "
+            f"{res['intensity_mape_pct']:.1f}% (paper {PAPER_MAPE.get(name, '-')}%)"
+            if gap is not None
+            else "; no oracle"
+        )
+        + f"; Poisson baseline {res['poisson_baseline_ll_per_event']:.4f}"
+    )
+    return res
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config", default=str(common.CONFIG_DIR / "point_processes.json"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--datasets", default=None, help="comma-separated subset of the config's")
+    p.add_argument("--steps", type=int, default=None, help="override num_steps (dev runs)")
+    p.add_argument("--out", default=str(common.RESULTS_DIR), help="results directory")
+    args = p.parse_args(argv)
+    common.setup_torch()
+    torch.set_default_dtype(torch.float64)  # likelihoods compared at the 0.1% level
+    cfg = load_pp_config(args.config)
+    if args.steps is not None:
+        if args.steps < 1:
+            raise BayesdynValueError(f"--steps must be >= 1; got {args.steps}")
+        cfg["num_steps"] = args.steps
+    names = cfg["datasets"] if args.datasets is None else args.datasets.split(",")
+    bad = [n for n in names if n not in DATASETS]
+    if bad:
+        raise BayesdynValueError(f"--datasets: unknown {bad}; known {list(DATASETS)}")
+
+    def log(s):
+        print(s, flush=True)
+
+    t_all = time.perf_counter()
+    results = {n: run_dataset(n, cfg, args.seed, log) for n in names}
+    total = time.perf_counter() - t_all
+    rows = []
+    for n, r in results.items():
+        rows.append(
+            {
+                "data set": n,
+                "test ll/event": f"{r['test_ll_per_event']:.4f}",
+                "oracle": f"{r['oracle_ll_per_event']:.4f}" if "oracle_ll_per_event" in r else "-",
+                "gap %": f"{r['gap_to_oracle_pct']:.2f}" if "gap_to_oracle_pct" in r else "-",
+                "ll/time": f"{r['test_ll_per_time']:.4f}",
+                "MAPE %": f"{r['intensity_mape_pct']:.1f}" if "intensity_mape_pct" in r else "-",
+                "paper MAPE %": r["paper_intensity_mape_pct"] or "-",
+                "Poisson ll/event": f"{r['poisson_baseline_ll_per_event']:.4f}",
+                "s/epoch": f"{r['training']['seconds_per_epoch']:.0f}",
+                "epochs": f"{r['training']['epochs']:.1f}",
+            }
+        )
+    print()
+    common.print_table(rows, list(rows[0]))
+    gaps = [r["gap_to_oracle_pct"] for r in results.values() if "gap_to_oracle_pct" in r]
+    worst = max(gaps) if gaps else float("nan")
+    cmd_args = [f"--seed={args.seed}"] + ([f"--datasets={args.datasets}"] if args.datasets else [])
+    cmd_args += [f"--steps={args.steps}"] if args.steps is not None else []
+    cfg_out = {k: v for k, v in cfg.items() if k != "model_config"}
+    path = common.write_results(
+        NAME,
+        {
+            "command": "nice -n 10 " + common.command_line(os.path.basename(__file__), cmd_args),
+            "seed": args.seed,
+            "config": cfg_out,
+            "results": results,
+            "worst_gap_to_oracle_pct": worst,
+            "total_seconds": total,
+        },
+        args.out,
+    )
+    print(f"results: {path}; total {total / 60:.1f} min")
+    print(f"worst_gap_to_oracle_pct={worst:.3f}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
