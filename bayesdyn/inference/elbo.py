@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import pyro
 import torch
 from pyro import poutine
 from pyro.distributions.kl import kl_divergence
@@ -77,16 +78,22 @@ class PathELBO(ELBO):
     @staticmethod
     def _site_log_prob(site) -> torch.Tensor:
         lp = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
-        return scale_and_mask(lp, site["scale"], site["mask"]).sum()
+        return scale_and_mask(lp, site["scale"], site["mask"])
 
-    def elbo_particle(self, model_trace, guide_trace) -> torch.Tensor:
-        """ELBO of one particle (differentiable). Returns a scalar tensor."""
+    def elbo_particle(self, model_trace, guide_trace, reduce=None) -> torch.Tensor:
+        """ELBO of one particle (differentiable). Returns a scalar tensor.
+
+        ``reduce`` sums each term's elementwise values (default: over everything); see
+        :meth:`particle_elbos`.
+        """
+        if reduce is None:
+            reduce = torch.sum
         elbo = 0.0
         for name, site in model_trace.nodes.items():
             if site["type"] != "sample":
                 continue
             if site["is_observed"]:
-                elbo = elbo + self._site_log_prob(site)
+                elbo = elbo + reduce(self._site_log_prob(site))
                 continue
             gsite = guide_trace.nodes.get(name)
             if gsite is None:
@@ -101,7 +108,7 @@ class PathELBO(ELBO):
             p, q = site["fn"], gsite["fn"]
             if self.path_kl == "lowvar" and isinstance(p, SDEPath) and isinstance(q, SDEPath):
                 kl = q.path_kl(p, gsite["value"])
-                elbo = elbo - scale_and_mask(kl, gsite["scale"], gsite["mask"]).sum()
+                elbo = elbo - reduce(scale_and_mask(kl, gsite["scale"], gsite["mask"]))
                 continue
             if self.analytic_kl and not isinstance(p, SDEPath):
                 try:
@@ -109,10 +116,47 @@ class PathELBO(ELBO):
                 except NotImplementedError:
                     kl = None
                 if kl is not None and kl.shape == q.batch_shape:
-                    elbo = elbo - scale_and_mask(kl, gsite["scale"], gsite["mask"]).sum()
+                    elbo = elbo - reduce(scale_and_mask(kl, gsite["scale"], gsite["mask"]))
                     continue
-            elbo = elbo + self._site_log_prob(site) - self._site_log_prob(gsite)
+            elbo = elbo + reduce(self._site_log_prob(site)) - reduce(self._site_log_prob(gsite))
         return elbo if torch.is_tensor(elbo) else torch.tensor(float(elbo))
+
+    def particle_elbos(self, model, guide, *args, num_particles: int, **kwargs) -> torch.Tensor:
+        """Independent one-particle ELBO estimates, drawn in one vectorised pass.
+
+        Model and guide run once inside a particle plate at dim ``-(max_plate_nesting + 1)``;
+        each particle's terms are summed separately. Their mean is the usual
+        ``num_particles`` estimate; their spread shows the estimator's noise.
+
+        Shapes: returns ``[num_particles]``.
+        """
+        if isinstance(num_particles, bool) or not isinstance(num_particles, int):
+            raise BayesdynValueError(f"num_particles must be an int; got {num_particles!r}")
+        if num_particles < 1:
+            raise BayesdynValueError(f"num_particles must be >= 1; got {num_particles}")
+        if self.max_plate_nesting == float("inf"):
+            raise BayesdynValueError(
+                "particle_elbos needs a finite max_plate_nesting (2 for LatentSDE); got inf"
+            )
+        dim = -1 - int(self.max_plate_nesting)
+
+        def in_plate(fn):
+            def wrapped(*a, **k):
+                with pyro.plate("particle_elbos", num_particles, dim=dim):
+                    return fn(*a, **k)
+
+            return wrapped
+
+        mt, gt = self._get_trace(in_plate(model), in_plate(guide), args, kwargs)
+
+        def reduce(t: torch.Tensor) -> torch.Tensor:
+            t = torch.as_tensor(t)
+            if t.dim() < -dim:  # no particle dim: the same for every particle
+                return t.sum().expand(num_particles)
+            t = t.sum(dim=tuple(range(t.dim() + dim + 1, t.dim())))
+            return t.reshape(-1).expand(num_particles)
+
+        return self.elbo_particle(mt, gt, reduce)
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         """Negative ELBO averaged over particles, differentiable."""

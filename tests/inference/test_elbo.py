@@ -101,3 +101,30 @@ def test_elbo_rejects_bad_option_and_non_reparameterized_guide():
 
     with pytest.raises(BayesdynValueError, match="needs reparameterised guide sites; site 'k'"):
         PathELBO().loss(model, guide)
+
+
+def test_particle_elbos_are_independent_one_particle_estimates():
+    batch = ragged_batch(B=3, T=5)
+    model = small_model()
+    elbo = PathELBO(max_plate_nesting=2)
+    # One particle: the same random numbers in the same order as one ordinary estimate.
+    torch.manual_seed(5)
+    one = elbo.particle_elbos(model.model, model.guide, batch, num_particles=1)
+    torch.manual_seed(5)
+    assert one.shape == (1,)
+    assert float(one[0].detach()) == pytest.approx(
+        -elbo.loss(model.model, model.guide, batch), rel=1e-10
+    )
+    # Many particles in one pass vs as many sequential estimates: same distribution
+    # (two-sample z-test on the means at the suite's failure rate).
+    n = 300
+    with torch.no_grad():
+        vec = elbo.particle_elbos(model.model, model.guide, batch, num_particles=n)
+        seq = torch.tensor([-elbo.loss(model.model, model.guide, batch) for _ in range(n)])
+    assert vec.shape == (n,) and float(vec.std()) > 0
+    se = math.sqrt(float(vec.var()) / n + float(seq.var()) / n)
+    assert abs(float(vec.mean() - seq.mean())) < stats.norm.ppf(1 - TEST_FAILURE_RATE / 2) * se
+    with pytest.raises(BayesdynValueError, match="num_particles must be >= 1; got 0"):
+        elbo.particle_elbos(model.model, model.guide, batch, num_particles=0)
+    with pytest.raises(BayesdynValueError, match="finite max_plate_nesting"):
+        PathELBO().particle_elbos(model.model, model.guide, batch, num_particles=2)
