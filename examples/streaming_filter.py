@@ -60,7 +60,7 @@ def load_data(source: str) -> tuple[bayesdyn.IrregularTimeSeries, str]:
     df = pd.read_csv(path)
     for v, m in (("Value_1", "Mask_1"), ("Value_2", "Mask_2")):
         df[v] = df[v].where(df[m] != 0)  # NaN = missing, converted to masks below
-    df = df[df[["Value_1", "Value_2"]].notna().any(axis=1)]
+    df = df[df[["Value_1", "Value_2"]].notna().any(axis=1)].astype({"ID": int})
     series = bayesdyn.IrregularTimeSeries.from_dataframe(
         df.rename(columns={"Value_1": CHANNELS[0], "Value_2": CHANNELS[1]}),
         id_col="ID",
@@ -197,12 +197,12 @@ def main(argv=None):
         f"particles, proposal={args.proposal!r}:"
     )
     print(
-        f"{'k':>3} {'time':>6} {'obs seen':>8} {'band width now':>15} {'at t=' + str(fixed_t):>12}"
+        f"{'k':>3} {'time':>6} {'values seen':>11} {'band width now':>15} {'at t=' + str(fixed_t):>12}"
     )
     for row in rows:
         k, t, seen, wn, wf = row[:5]
         fixed = f"{wf:12.3f}" if np.isfinite(wf) else f"{'-':>12}"
-        print(f"{k:>3} {t:>6.2f} {seen:>8} {wn:>15.3f} {fixed}")
+        print(f"{k:>3} {t:>6.2f} {seen:>11} {wn:>15.3f} {fixed}")
     ess_mean = np.mean([r[5] for r in rows[1:]])
     print(f"mean ESS at the observations: {ess_mean:.0f} of {args.num_particles}")
     first, last = rows[0][3], np.mean([r[3] for r in rows[len(rows) // 2 :]])
