@@ -821,8 +821,9 @@ class ParticleFilter:
                 lp = torch.where(mask_k[k], lp, 0.0)
             logw = logw + lp.sum(-1)
             lse = torch.logsumexp(logw, 0)  # [B]
-            # One synchronising check for both failures: NaN/inf particles make the sum NaN
-            # (inf * 0), an impossible observation makes its series' lse -inf.
+            # One synchronising check per observation for both failures: NaN/inf particles make
+            # the sum NaN (inf * 0), an impossible observation makes its series' lse -inf.
+            # The grid ends at the last row, so every particle is checked at the end.
             lse_d = lse.detach()
             check = (lse_d if every_series[k] else torch.where(has, lse_d, 0.0)).sum()
             if not math.isfinite(float(check + z.detach().sum() * 0.0)):

@@ -486,6 +486,31 @@ def test_progress_bar_over_observation_times(capsys):
     assert torch.equal(state.last_result.means, quiet.means)
 
 
+def test_divergence_and_impossible_observations_are_named():
+    from bayesdyn._validation import SolverDiverged
+
+    init = dist.Normal(torch.zeros(1), 1.0).to_event(1)
+    exploding = FunctionalSDE(lambda t, z: 50.0 * z**3, lambda t, z: torch.ones_like(z), 1)
+    space = SDEStateSpace(exploding, init, lambda z: dist.Normal(z, 0.2), dt=0.5, t0=0.0)
+    data = IrregularTimeSeries([np.array([5.0, 6.0])], [np.zeros((2, 1))])
+    with pytest.raises(SolverDiverged, match=r"particles became non-finite before t=5;"):
+        ParticleFilter(space, 20).run(data, seed=0)
+    # diverging before a row with every channel masked is caught there as well
+    late = IrregularTimeSeries(
+        [np.array([0.5, 5.0])], [np.zeros((2, 1))], [np.array([[True], [False]])]
+    )
+    with pytest.raises(SolverDiverged, match=r"particles became non-finite before t=5;"):
+        ParticleFilter(space, 20).run(late, seed=0)
+    # an observation outside the likelihood's support for every particle of series 1
+    calm = FunctionalSDE(lambda t, z: -z, lambda t, z: 0.1 * torch.ones_like(z), 1)
+    box = SDEStateSpace(
+        calm, init, lambda z: dist.Uniform(z - 1, z + 1, validate_args=False), dt=0.1, t0=0.0
+    )
+    far = IrregularTimeSeries([np.array([1.0])] * 2, [np.array([[0.0]]), np.array([[50.0]])])
+    with pytest.raises(SolverDiverged, match=r"series 1: every particle has zero weight at t=1 "):
+        ParticleFilter(box, 20).run(far, seed=0)
+
+
 # ---------------------------------------------------------------------------- jumps
 def test_jump_diffusion_one_step_matches_the_closed_form_mixture():
     """One Euler step from N(m0, v0) with "no jump or one jump" (rate lam, size N(mu_j, s_j^2))
