@@ -196,8 +196,8 @@ def main(argv=None) -> float:
         args.rounds, args.num_particles, args.num_obs = 2, 100, 30
     _harness.configure_torch(args.threads)  # fixed thread count
     # float64 for both: in float32 the last cumulative weight can round below 1, and pyro's
-    # _systematic_sample then returns the out-of-range ancestor N (IndexError; we hit it in
-    # about one of 20 float32 runs of this problem). bayesdyn clamps the last weight to 1.
+    # _systematic_sample then returns the out-of-range ancestor N (an IndexError, which we hit
+    # within a few dozen float32 runs of this problem). bayesdyn sets the last weight to 1.
     torch.set_default_dtype(torch.float64)
     pyro.set_rng_seed(args.seed)
     N, T = args.num_particles, args.num_obs
