@@ -98,3 +98,20 @@ def test_path_kl_reuses_the_fused_prior_drift():
     shifted = model.prior_sde(ragged_batch(B=3, T=5), grid)
     shifted.pre = shifted.pre + 1.0
     assert not post.same_prior(shifted)
+
+
+@pytest.mark.parametrize("B, T", [(3, 6), (1, 1)])
+def test_hand_written_gru_equals_torch_gru_values_and_gradients(B, T):
+    from bayesdyn.models.nets import gru_sequence
+
+    torch.manual_seed(0)
+    gru = torch.nn.GRU(7, 5, batch_first=True)
+    x = torch.randn(B, T, 7, requires_grad=True)
+    ours, ref = gru_sequence(gru, x), gru(x)[0]
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+    w = torch.randn_like(ours)
+    inputs = [x, *gru.parameters()]
+    g_ours = torch.autograd.grad((ours * w).sum(), inputs)
+    g_ref = torch.autograd.grad((ref * w).sum(), inputs)
+    for a, b in zip(g_ours, g_ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
