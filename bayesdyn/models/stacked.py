@@ -9,7 +9,8 @@ become batched matmuls) and nothing loops over members in Python.
 The template model is a *module transformation* of the user's model, made once:
 
 - ``nn.GRU`` (no batching rule for stacked weights) becomes :class:`StackableGRU`, the same
-  recurrence in plain tensor operations, with the same parameter names;
+  recurrence in plain tensor operations, with the same parameter names, and
+  :class:`~bayesdyn.models.GRUEncoder` becomes :class:`StackableGRUEncoder`, which calls it;
 - :class:`~bayesdyn.models.DiagonalDiffusion`'s fused autograd Function (no vmap rule)
   is replaced by the same formula in plain operations (:class:`StackableDiagonalDiffusion`);
 - the fused Euler kernel steps aside by itself under ``vmap`` (see
@@ -30,9 +31,15 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from .._validation import BayesdynTypeError, BayesdynValueError
-from .nets import DiagonalDiffusion
+from .nets import DiagonalDiffusion, GRUEncoder, _row_inputs
 
-__all__ = ["MemberStack", "StackableDiagonalDiffusion", "StackableGRU", "make_stackable"]
+__all__ = [
+    "MemberStack",
+    "StackableDiagonalDiffusion",
+    "StackableGRU",
+    "StackableGRUEncoder",
+    "make_stackable",
+]
 
 _GRU_PARAMS = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
 
@@ -102,6 +109,27 @@ class StackableDiagonalDiffusion(DiagonalDiffusion):
         return self.min_scale + span * torch.sigmoid((h * self.w2).sum(-1) + self.out_bias)
 
 
+class StackableGRUEncoder(GRUEncoder):
+    """:class:`GRUEncoder` whose recurrence runs in plain tensor operations (vmap-compatible).
+
+    The same computation as :class:`GRUEncoder` (reverse each series within its length, run
+    the GRU, map back, project), with the GRU as :class:`StackableGRU`; it calls that GRU
+    directly, so any fused GRU kernel of the encoder (without a vmap rule) is bypassed.
+
+    Shapes: ``times [B, T]``, ``values [B, T, D]``, ``mask [B, T, D]``, ``lengths [B]`` ->
+    context ``[B, T, C]``.
+    """
+
+    def forward(self, times: Tensor, values: Tensor, mask: Tensor, lengths: Tensor) -> Tensor:
+        """See class docstring."""
+        B, T = times.shape
+        j = torch.arange(T, device=times.device).expand(B, T)
+        rev = torch.where(j < lengths.unsqueeze(-1), lengths.unsqueeze(-1) - 1 - j, j)
+        x = _row_inputs(times, values, mask)
+        h = self.gru(torch.gather(x, 1, rev.unsqueeze(-1).expand_as(x)))[0]
+        return self.out(torch.gather(h, 1, rev.unsqueeze(-1).expand_as(h)))
+
+
 def make_stackable(model: nn.Module) -> nn.Module:
     """A deep copy of ``model`` whose submodules all run under ``torch.func.vmap``.
 
@@ -117,6 +145,8 @@ def make_stackable(model: nn.Module) -> nn.Module:
             setattr(out.get_submodule(parent) if parent else out, attr, StackableGRU(module))
         elif type(module) is DiagonalDiffusion:
             module.__class__ = StackableDiagonalDiffusion  # same state, plain-ops forward
+        if type(module) is GRUEncoder:
+            module.__class__ = StackableGRUEncoder
     return out
 
 
