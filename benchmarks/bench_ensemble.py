@@ -11,8 +11,8 @@ model of ``_bayesdyn_probe.make_model``.
 Timed, in alternating rounds so that both sides see the same machine noise: one SVI step
 (forward, backward, per-member clipping, Adam) of
 
-* ``K=1``: one member trained as an ordinary ``LatentSDE`` (fused Euler kernel, ``nn.GRU``),
-  through the same trainer as the ensemble (``backend="sequential"``);
+* ``K=1``: one ordinary ``LatentSDE`` training step, exactly the foundation benchmark's
+  (``_bayesdyn_probe.make_step_fn``: fused kernels, ``PathELBO``, Adam);
 * ``K=8``: eight members stacked and trained as one vectorised model (``vmap`` over the
   stacked parameters; one step updates all members).
 
@@ -86,7 +86,10 @@ def main(argv=None) -> None:
     K = args.members
     cfg = _harness.SMALL_CONFIG
     print(f"config: {cfg}, K={K}, torch threads {torch.get_num_threads()}", flush=True)
-    one = stepper(make_trainer(1, vectorize=False, seed=args.seed))
+    c, ts, xs = _harness.probe_data({}, args.seed)
+    torch.manual_seed(args.seed)
+    single = ours.make_model(c["data_size"], c["latent"], c["hidden"], c["context"], c["dt"])
+    one = ours.make_step_fn(single, ours.make_batch(ts, xs))
     many = stepper(make_trainer(K, vectorize=True, seed=args.seed))
     rounds = 3 if args.quick else 7
     t_many, t_one = time_alternating(many, one, warmup=1, rounds=rounds)
@@ -96,10 +99,9 @@ def main(argv=None) -> None:
     )
     print(f"step: K=1 vectorised (vmap overhead) {vec1['median_s'] * 1e3:.0f} ms", flush=True)
     mem = {}
-    for k, vec in ((1, False), (K, True)):
-        mem[k] = _harness.peak_rss_in_subprocess(
-            "bench_ensemble:memory_probe", dict(seed=args.seed, members=k, vectorize=vec)
-        )
+    for k, spec in ((1, "_bayesdyn_probe:memory_probe"), (K, "bench_ensemble:memory_probe")):
+        kwargs = dict(seed=args.seed) if k == 1 else dict(seed=args.seed, members=k)
+        mem[k] = _harness.peak_rss_in_subprocess(spec, kwargs)
         print(
             f"peak RSS K={k}: {mem[k]['peak_rss_mib']:.0f} MiB "
             f"(+{mem[k]['delta_rss_mib']:.0f} MiB during steps)",
