@@ -724,6 +724,7 @@ class _FusedEulerFn(torch.autograd.Function):
         if tgt_steps is not None:
             g_tgt = states[0].new_zeros(N, U, L)
             g_rate = states[0].new_zeros(N, U, L)
+        w1t, b1t = w1.unsqueeze(1), b1.unsqueeze(1)  # [L, 1, Hd]
         w12 = (w1 * w2).unsqueeze(-1)  # [L, Hd, 1]
         g_w1 = torch.zeros_like(w1).unsqueeze(1)  # [L, 1, Hd]
         g_b1 = torch.zeros_like(b1)
@@ -752,10 +753,11 @@ class _FusedEulerFn(torch.autograd.Function):
             s = (diffs[k] - lo) / span
             graw = (gg * span * s * (1.0 - s)).t().unsqueeze(-1)  # [L, N, 1]
             z_row = z.t().unsqueeze(1)  # [L, 1, N]
-            hd = hds[k]  # softplus(a), a = z * w1 + b1: [L, N, Hd]
-            g_w2.baddbmm_(graw.transpose(1, 2), hd)
-            # softplus'(a) = sigmoid(a) = 1 - exp(-softplus(a)): read off the stored output.
-            q = torch.expm1(hd.neg()).mul_(graw.neg())  # d loss / d a, over w2
+            # softplus(a), a = z * w1 + b1 [L, N, Hd], is kept from the forward pass (softplus
+            # is the slowest elementwise op here); sigmoid(a) is recomputed (cheaper than
+            # reading it off softplus(a) as 1 - exp(-softplus(a))).
+            g_w2.baddbmm_(graw.transpose(1, 2), hds[k])
+            q = torch.addcmul(b1t, z_row.transpose(1, 2), w1t).sigmoid_().mul_(graw)  # dL/da / w2
             g_b1.addcmul_(q.sum(1), w2)
             g_w1.baddbmm_(z_row, q)
             gz.add_(torch.bmm(q, w12).squeeze(-1).t())
