@@ -564,6 +564,8 @@ class _MLPSteps:
         self.w_z = params[0]
         n_lin = (len(params) - 1) // 2
         self.lin = [(params[1 + 2 * i], params[2 + 2 * i]) for i in range(n_lin)]
+        self.w_z_t = self.w_z.t()
+        self.lin_t = [(w.t(), b) for w, b in self.lin]
         self.pre_shape = pre.shape
         H = self.w_z.shape[0]
         self.per_step = pre.dim() >= 2
@@ -576,16 +578,16 @@ class _MLPSteps:
 
     def forward(self, k: int, z: Tensor) -> Tensor:
         pk = self.pre_rows[k].reshape(self.N, self.H) if self.per_step else self.pre_2d
-        a = torch.addmm(pk, z, self.w_z.t())
+        a = torch.addmm(pk, z, self.w_z_t)
         h = F.softplus(a)
         acts = [(a, h)]
-        for w, b in self.lin[:-1]:
-            a = torch.addmm(b, h, w.t())
+        for w_t, b in self.lin_t[:-1]:
+            a = torch.addmm(b, h, w_t)
             h = F.softplus(a)
             acts.append((a, h))
         self.acts.append(acts)
-        w_out, b_out = self.lin[-1]
-        return torch.addmm(b_out, h, w_out.t())
+        w_out_t, b_out = self.lin_t[-1]
+        return torch.addmm(b_out, h, w_out_t)
 
     def start_backward(self) -> None:
         like = self.w_z
