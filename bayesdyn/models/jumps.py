@@ -44,6 +44,7 @@ from .._validation import BayesdynTypeError, BayesdynValueError, is_validation_e
 from ..solvers import check_finite_path
 from .base import AbstractSDE
 from .nets import MLP
+from .sde_path import check_path_args
 
 __all__ = ["GaussianJumpNet", "JumpDiffusionPath", "JumpPath", "JumpRateNet"]
 
@@ -228,29 +229,7 @@ class JumpDiffusionPath(TorchDistribution):
         jump_size: tuple[Tensor, Tensor] | JumpSizeFn,
         validate_args=None,
     ):
-        if not isinstance(sde, AbstractSDE):
-            raise BayesdynTypeError(
-                "sde must be a bayesdyn.models.AbstractSDE (wrap plain functions in "
-                f"bayesdyn.models.FunctionalSDE); got {type(sde).__name__}"
-            )
-        if not isinstance(z0, Tensor) or z0.dim() < 1:
-            raise BayesdynTypeError(f"z0 must be a tensor of shape [..., L]; got {z0!r}")
-        if z0.shape[-1] != sde.state_dim:
-            raise BayesdynValueError(
-                f"z0 has {z0.shape[-1]} latent dims, the sde expects state_dim={sde.state_dim}"
-            )
-        if not isinstance(grid, Tensor) or grid.dim() != 1 or grid.numel() < 1:
-            raise BayesdynValueError(
-                f"grid must be a 1-D tensor [U] with U >= 1; got {getattr(grid, 'shape', grid)}"
-            )
-        if grid.requires_grad:
-            raise BayesdynValueError("grid must not require grad; call .detach() first")
-        if is_validation_enabled() and grid.numel() > 1 and not bool((grid[1:] > grid[:-1]).all()):
-            k = int((grid[1:] <= grid[:-1]).nonzero()[0])
-            raise BayesdynValueError(
-                f"grid must be strictly increasing; grid[{k + 1}]={float(grid[k + 1])} follows "
-                f"grid[{k}]={float(grid[k])}"
-            )
+        check_path_args(sde, z0, grid)
         self.sde = sde
         self.z0 = z0
         self.grid = grid.to(z0.dtype)

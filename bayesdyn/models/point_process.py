@@ -33,6 +33,7 @@ from ..solvers import (
     thinning_sample,
     trapezoid_error_estimate,
 )
+from .sde_path import check_grid
 
 __all__ = ["TemporalPointProcess"]
 
@@ -81,18 +82,7 @@ class TemporalPointProcess(TorchDistribution):
         max_events: int | None = None,
         validate_args=None,
     ):
-        if not isinstance(grid, Tensor) or grid.dim() != 1 or grid.numel() < 2:
-            raise BayesdynValueError(
-                f"grid must be a 1-D tensor [U] with U >= 2; got {getattr(grid, 'shape', grid)}"
-            )
-        if grid.requires_grad:
-            raise BayesdynValueError("grid must not require grad; call .detach() first")
-        if is_validation_enabled() and not bool((grid[1:] > grid[:-1]).all()):
-            k = int((grid[1:] <= grid[:-1]).nonzero()[0])
-            raise BayesdynValueError(
-                f"grid must be strictly increasing; grid[{k + 1}]={float(grid[k + 1])} follows "
-                f"grid[{k}]={float(grid[k])}"
-            )
+        check_grid(grid, min_points=2)
         U = grid.numel()
         if intensity is not None:
             if start is not None or end is not None:

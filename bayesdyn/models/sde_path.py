@@ -13,6 +13,46 @@ from .base import AbstractSDE
 __all__ = ["SDEPath"]
 
 
+def check_grid(grid: Tensor, *, min_points: int = 1) -> None:
+    """Raise unless ``grid`` is a detached, strictly increasing 1-D tensor ``[U]``, ``U >= min_points``.
+
+    The ordering check runs only while validation is enabled (see
+    :func:`bayesdyn.enable_validation`).
+    """
+    if not isinstance(grid, Tensor) or grid.dim() != 1 or grid.numel() < min_points:
+        raise BayesdynValueError(
+            f"grid must be a 1-D tensor [U] with U >= {min_points}; "
+            f"got {getattr(grid, 'shape', grid)}"
+        )
+    if grid.requires_grad:
+        raise BayesdynValueError("grid must not require grad; call .detach() first")
+    if is_validation_enabled() and grid.numel() > 1 and not bool((grid[1:] > grid[:-1]).all()):
+        k = int((grid[1:] <= grid[:-1]).nonzero()[0])
+        raise BayesdynValueError(
+            f"grid must be strictly increasing; grid[{k + 1}]={float(grid[k + 1])} follows "
+            f"grid[{k}]={float(grid[k])}"
+        )
+
+
+def check_path_args(sde: AbstractSDE, z0: Tensor, grid: Tensor) -> None:
+    """Validate the ``(sde, z0, grid)`` of a path distribution (``SDEPath``, ``JumpDiffusionPath``).
+
+    Shapes: ``z0`` ``[*batch, L]`` with ``L = sde.state_dim``; ``grid`` ``[U]``, ``U >= 1``.
+    """
+    if not isinstance(sde, AbstractSDE):
+        raise BayesdynTypeError(
+            "sde must be a bayesdyn.models.AbstractSDE (wrap plain functions in "
+            f"bayesdyn.models.FunctionalSDE); got {type(sde).__name__}"
+        )
+    if not isinstance(z0, Tensor) or z0.dim() < 1:
+        raise BayesdynTypeError(f"z0 must be a tensor of shape [..., L]; got {z0!r}")
+    if z0.shape[-1] != sde.state_dim:
+        raise BayesdynValueError(
+            f"z0 has {z0.shape[-1]} latent dims, the sde expects state_dim={sde.state_dim}"
+        )
+    check_grid(grid)
+
+
 class SDEPath(TorchDistribution):
     r"""Distribution of the Euler–Maruyama discretisation of an SDE on a grid.
 
@@ -48,29 +88,7 @@ class SDEPath(TorchDistribution):
     has_rsample = True
 
     def __init__(self, sde: AbstractSDE, z0: Tensor, grid: Tensor, *, validate_args=None):
-        if not isinstance(sde, AbstractSDE):
-            raise BayesdynTypeError(
-                "sde must be a bayesdyn.models.AbstractSDE (wrap plain functions in "
-                f"bayesdyn.models.FunctionalSDE); got {type(sde).__name__}"
-            )
-        if not isinstance(z0, Tensor) or z0.dim() < 1:
-            raise BayesdynTypeError(f"z0 must be a tensor of shape [..., L]; got {z0!r}")
-        if z0.shape[-1] != sde.state_dim:
-            raise BayesdynValueError(
-                f"z0 has {z0.shape[-1]} latent dims, the sde expects state_dim={sde.state_dim}"
-            )
-        if not isinstance(grid, Tensor) or grid.dim() != 1 or grid.numel() < 1:
-            raise BayesdynValueError(
-                f"grid must be a 1-D tensor [U] with U >= 1; got {getattr(grid, 'shape', grid)}"
-            )
-        if grid.requires_grad:
-            raise BayesdynValueError("grid must not require grad; call .detach() first")
-        if is_validation_enabled() and grid.numel() > 1 and not bool((grid[1:] > grid[:-1]).all()):
-            k = int((grid[1:] <= grid[:-1]).nonzero()[0])
-            raise BayesdynValueError(
-                f"grid must be strictly increasing; grid[{k + 1}]={float(grid[k + 1])} follows "
-                f"grid[{k}]={float(grid[k])}"
-            )
+        check_path_args(sde, z0, grid)
         self.sde = sde
         self.z0 = z0
         self.grid = grid.to(z0.dtype)
