@@ -32,7 +32,7 @@ References:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 
 import pyro
 import pyro.distributions as dist
@@ -45,7 +45,14 @@ from torch import Tensor, nn
 from .._validation import BayesdynTypeError, BayesdynValueError
 from ..solvers import UnionGrid, gather_on_grid
 from .base import AbstractSDE
-from .latent_sde import OBS_SITE, PATH_SITE, Z0_SITE, LatentSDE, LatentSDEConfig
+from .latent_sde import (
+    OBS_SITE,
+    PATH_SITE,
+    Z0_SITE,
+    ConfigCheckpoint,
+    LatentSDE,
+    LatentSDEConfig,
+)
 from .nets import MLP, GaussianDecoder
 from .point_process import TemporalPointProcess
 from .sde_path import SDEPath
@@ -257,7 +264,7 @@ class JumpNet(nn.Module):
         return self.net(torch.cat([z, onehot], -1))
 
 
-class LatentJumpSDE(PyroModule):
+class LatentJumpSDE(ConfigCheckpoint, PyroModule):
     """Neural jump SDE (Jia & Benson 2019) as a Pyro model and guide; see the module docstring.
 
     Train it like a :class:`~bayesdyn.models.LatentSDE` (``PathELBO``, ``bayesdyn.fit`` with
@@ -277,6 +284,8 @@ class LatentJumpSDE(PyroModule):
     """
 
     max_plate_nesting = 2
+    checkpoint_format = "bayesdyn.LatentJumpSDE/1"
+    config_class = LatentJumpSDEConfig
 
     def __init__(
         self, obs_dim: int | None = None, *, config: LatentJumpSDEConfig | None = None, **options
@@ -508,22 +517,3 @@ class LatentJumpSDE(PyroModule):
                 scale = self.core.z0_prior.scale().expand(B, 1, L)
                 z0 = pyro.sample(Z0_SITE, dist.Normal(loc, scale).to_event(1))
                 return pyro.sample(PATH_SITE, SDEPath(sde, z0, grid))
-
-    # ------------------------------------------------------------------ save / load
-    def to_checkpoint(self) -> dict:
-        """Plain-data description (config + state dict) loadable with ``weights_only=True``."""
-        return {
-            "format": "bayesdyn.LatentJumpSDE/1",
-            "config": asdict(self.config),
-            "state_dict": self.state_dict(),
-        }
-
-    @classmethod
-    def from_checkpoint(cls, payload: dict) -> LatentJumpSDE:
-        """Inverse of :meth:`to_checkpoint`."""
-        if not isinstance(payload, dict) or payload.get("format") != "bayesdyn.LatentJumpSDE/1":
-            got = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-            raise BayesdynValueError(f"not a bayesdyn LatentJumpSDE checkpoint (format {got!r})")
-        model = cls(config=LatentJumpSDEConfig.from_dict(payload["config"]))
-        model.load_state_dict(payload["state_dict"])
-        return model

@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Literal
+from typing import ClassVar, Literal, TypeVar
 
 import pyro
 import pyro.distributions as dist
@@ -62,6 +62,41 @@ PATH_SITE = "z"
 OBS_SITE = "obs"
 #: Site name of predicted observations at query times, batch ``[B, Q]``, event ``[D]``.
 PRED_SITE = "pred"
+
+
+_M = TypeVar("_M", bound="ConfigCheckpoint")
+
+
+class ConfigCheckpoint:
+    """``to_checkpoint``/``from_checkpoint`` for a module built as ``cls(config=...)``.
+
+    A subclass sets ``checkpoint_format`` (``"bayesdyn.<Model>/<version>"``; never change it
+    for an existing model, or old files stop loading) and ``config_class`` (a dataclass with
+    ``from_dict``), and keeps its config in ``self.config``.
+    """
+
+    checkpoint_format: ClassVar[str]
+    config_class: ClassVar[type]
+
+    def to_checkpoint(self) -> dict:
+        """Plain-data description (config + state dict) loadable with ``weights_only=True``."""
+        return {
+            "format": self.checkpoint_format,
+            "config": asdict(self.config),
+            "state_dict": self.state_dict(),
+        }
+
+    @classmethod
+    def from_checkpoint(cls: type[_M], payload: dict) -> _M:
+        """Inverse of :meth:`to_checkpoint`."""
+        fmt = cls.checkpoint_format
+        if not isinstance(payload, dict) or payload.get("format") != fmt:
+            got = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+            name = fmt.removeprefix("bayesdyn.").split("/")[0]
+            raise BayesdynValueError(f"not a bayesdyn {name} checkpoint (format {got!r})")
+        model = cls(config=cls.config_class.from_dict(payload["config"]))
+        model.load_state_dict(payload["state_dict"])
+        return model
 
 
 @dataclass
@@ -330,7 +365,7 @@ class _BoundSDE(AbstractSDE):
         return self.step(min(max(k, 0), self.grid.numel() - 1), t, z)
 
 
-class LatentSDE(PyroModule):
+class LatentSDE(ConfigCheckpoint, PyroModule):
     """A latent neural SDE for irregularly sampled, partially observed series.
 
     ``model(batch)`` and ``guide(batch)`` follow Pyro's contract, so they train with
@@ -351,6 +386,8 @@ class LatentSDE(PyroModule):
     """
 
     max_plate_nesting = 2
+    checkpoint_format = "bayesdyn.LatentSDE/1"
+    config_class = LatentSDEConfig
 
     def __init__(
         self, obs_dim: int | None = None, *, config: LatentSDEConfig | None = None, **options
@@ -629,22 +666,3 @@ class LatentSDE(PyroModule):
                 else:
                     z0 = self._given_state(z0, B)
                 return pyro.sample(PATH_SITE, SDEPath(sde, z0, grid.grid))
-
-    # ------------------------------------------------------------------ save / load
-    def to_checkpoint(self) -> dict:
-        """Plain-data description (config + state dict) loadable with ``weights_only=True``."""
-        return {
-            "format": "bayesdyn.LatentSDE/1",
-            "config": asdict(self.config),
-            "state_dict": self.state_dict(),
-        }
-
-    @classmethod
-    def from_checkpoint(cls, payload: dict) -> LatentSDE:
-        """Inverse of :meth:`to_checkpoint`."""
-        if not isinstance(payload, dict) or payload.get("format") != "bayesdyn.LatentSDE/1":
-            got = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-            raise BayesdynValueError(f"not a bayesdyn LatentSDE checkpoint (format {got!r})")
-        model = cls(config=LatentSDEConfig.from_dict(payload["config"]))
-        model.load_state_dict(payload["state_dict"])
-        return model
