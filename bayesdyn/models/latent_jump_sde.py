@@ -32,7 +32,7 @@ References:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import pyro
 import pyro.distributions as dist
@@ -52,6 +52,7 @@ from .latent_sde import (
     ConfigCheckpoint,
     LatentSDE,
     LatentSDEConfig,
+    ModelOptions,
 )
 from .nets import MLP, GaussianDecoder
 from .point_process import TemporalPointProcess
@@ -72,7 +73,7 @@ JUMPS_SITE = "jumps"
 
 
 @dataclass
-class LatentJumpSDEConfig:
+class LatentJumpSDEConfig(ModelOptions):
     """Hyperparameters of :class:`LatentJumpSDE` (plain values, so they save as JSON).
 
     Attributes:
@@ -150,17 +151,6 @@ class LatentJumpSDEConfig:
             dt=self.dt,
             t0=self.t0,
         )
-
-    @classmethod
-    def from_dict(cls, d: dict) -> LatentJumpSDEConfig:
-        """Build from a dict, naming unknown keys in the error."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise BayesdynValueError(
-                f"unknown LatentJumpSDE option(s) {unknown}; known options are {sorted(known)}"
-            )
-        return cls(**d)
 
 
 class EventGrid:

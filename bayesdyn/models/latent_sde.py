@@ -65,6 +65,23 @@ PRED_SITE = "pred"
 
 
 _M = TypeVar("_M", bound="ConfigCheckpoint")
+_C = TypeVar("_C", bound="ModelOptions")
+
+
+class ModelOptions:
+    """Base of a model's options dataclass ``<Model>Config``: :meth:`from_dict`."""
+
+    @classmethod
+    def from_dict(cls: type[_C], d: dict) -> _C:
+        """Build from a dict, naming unknown keys in the error."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            model = cls.__name__.removesuffix("Config")
+            raise BayesdynValueError(
+                f"unknown {model} option(s) {unknown}; known options are {sorted(known)}"
+            )
+        return cls(**d)
 
 
 class ConfigCheckpoint:
@@ -100,7 +117,7 @@ class ConfigCheckpoint:
 
 
 @dataclass
-class LatentSDEConfig:
+class LatentSDEConfig(ModelOptions):
     """Hyperparameters of :class:`LatentSDE` (plain values, so they save as JSON).
 
     Attributes:
@@ -184,17 +201,6 @@ class LatentSDEConfig:
             raise BayesdynValueError(
                 f"step_rounding must be 'ceil' or 'nearest'; got {self.step_rounding!r}"
             )
-
-    @classmethod
-    def from_dict(cls, d: dict) -> LatentSDEConfig:
-        """Build from a dict, naming unknown keys in the error."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise BayesdynValueError(
-                f"unknown LatentSDE option(s) {unknown}; known options are {sorted(known)}"
-            )
-        return cls(**d)
 
 
 class _Z0Prior(nn.Module):
