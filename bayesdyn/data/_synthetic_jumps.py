@@ -27,7 +27,7 @@ import numpy as np
 
 from .._validation import BayesdynValueError, check_positive
 from ._series import IrregularTimeSeries
-from ._synthetic import SyntheticData, _check_int, _common, _draw_times, _observe
+from ._synthetic import SyntheticData, _check_int, _common, _draw_times, _package
 
 __all__ = [
     "hawkes_compensator",
@@ -131,22 +131,17 @@ def simulate_merton(
         latent[b, :, 0] = x0 + mu * times[b] + sigma * w + cum_jumps
         jt_all.append(jt)
         js_all.append(js)
-    values, mask = _observe(rng, latent, noise, p)
-    series = IrregularTimeSeries(list(times), list(values), list(mask), channels=["x"])
-    truth = dict(
-        mu=mu,
-        sigma=sigma,
-        jump_rate=jump_rate,
-        jump_mean=jump_mean,
-        jump_std=jump_std,
-        x0=x0,
-        obs_noise=noise,
-        missing_prob=p,
-        latent=list(latent),
-        jump_times=jt_all,
-        jump_sizes=js_all,
-    )
-    return SyntheticData(series, truth)
+    truth = {
+        "mu": mu,
+        "sigma": sigma,
+        "jump_rate": jump_rate,
+        "jump_mean": jump_mean,
+        "jump_std": jump_std,
+        "x0": x0,
+        "jump_times": jt_all,
+        "jump_sizes": js_all,
+    }
+    return _package(times, latent, rng, noise, p, ["x"], truth)
 
 
 def hawkes_intensity(
