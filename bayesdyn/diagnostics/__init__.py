@@ -1,36 +1,13 @@
 """Diagnostics: forecast scores, calibration, ArviZ conversion and the HTML report.
 
-``_arviz`` is the only module of bayesdyn that imports ArviZ.
+``_arviz`` is the only module of bayesdyn that imports ArviZ. The forecast scores are listed
+once, in ``metrics.__all__``, and re-exported from here.
 """
 
+from . import metrics
 from .inference_data import to_inference_data
 from .lfo import rolling_origin
-from .metrics import (
-    CalibrationError,
-    calibration_error,
-    calibration_table,
-    coverage_flags,
-    crps_ensemble,
-    crps_normal,
-    energy_score,
-    interval_coverage,
-    mixture_nll,
-    nll,
-    pit_values,
-)
+from .metrics import *  # noqa: F403  (the names of metrics.__all__)
 
-__all__ = [
-    "CalibrationError",
-    "calibration_error",
-    "calibration_table",
-    "coverage_flags",
-    "crps_ensemble",
-    "crps_normal",
-    "energy_score",
-    "interval_coverage",
-    "mixture_nll",
-    "nll",
-    "pit_values",
-    "rolling_origin",
-    "to_inference_data",
-]
+__all__ = ["rolling_origin", "to_inference_data"]
+__all__ += metrics.__all__
