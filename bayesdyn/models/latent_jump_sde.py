@@ -439,10 +439,7 @@ class LatentJumpSDE(ConfigCheckpoint, PyroModule):
         ev = batch.events
         with pyro.plate("series", B, dim=-2):
             with poutine.scale(scale=kl_scale):
-                z0_prior = self.core.z0_prior
-                loc = z0_prior.loc.expand(B, 1, L)
-                scale = z0_prior.scale().expand(B, 1, L)
-                z0 = pyro.sample(Z0_SITE, dist.Normal(loc, scale).to_event(1))
+                z0 = pyro.sample(Z0_SITE, self.core.z0_prior_dist(B))
                 z = pyro.sample(PATH_SITE, SDEPath(sde, z0, grid))  # [..., B, 1, U, L]
             at = prep.at.unsqueeze(-1).to(z.dtype)
             jumps = self.jump(z, prep.onehot) * at
@@ -482,12 +479,10 @@ class LatentJumpSDE(ConfigCheckpoint, PyroModule):
         prep = self.prepare(batch, query_times)
         grid = prep.grid.grid
         B = batch.times.shape[0]
-        L = self.config.latent_dim
         if self.config.guide == "prior":
             return self._prior_guide(prep, B, kl_scale)
         context = self.core.encode(prep.merged)
-        q0 = self.core.qz0_net(context[:, 0])
-        loc, scale = q0[..., :L], F.softplus(q0[..., L:]) + 1e-4
+        loc, scale = self.core.z0_posterior(context)
         sde = self._bound(prep, self.core.posterior_sde(prep.merged, grid, context))
         with pyro.plate("series", B, dim=-2):
             with poutine.scale(scale=kl_scale):
@@ -499,11 +494,8 @@ class LatentJumpSDE(ConfigCheckpoint, PyroModule):
     def _prior_guide(self, prep: EventGrid, B: int, kl_scale: float) -> Tensor:
         """``guide="prior"``: sample ``z0`` and the path from the prior jump SDE itself."""
         grid = prep.grid.grid
-        L = self.config.latent_dim
         sde = self._bound(prep, self.core.prior_sde(prep.merged, grid))
         with pyro.plate("series", B, dim=-2):
             with poutine.scale(scale=kl_scale):
-                loc = self.core.z0_prior.loc.expand(B, 1, L)
-                scale = self.core.z0_prior.scale().expand(B, 1, L)
-                z0 = pyro.sample(Z0_SITE, dist.Normal(loc, scale).to_event(1))
+                z0 = pyro.sample(Z0_SITE, self.core.z0_prior_dist(B))
                 return pyro.sample(PATH_SITE, SDEPath(sde, z0, grid))

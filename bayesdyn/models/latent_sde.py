@@ -587,6 +587,19 @@ class LatentSDE(ConfigCheckpoint, PyroModule):
         """Encoder context at each observation. Shapes: ``[B, T, C]``."""
         return self.encoder(batch.times, batch.values, batch.mask, batch.lengths)
 
+    def z0_prior_dist(self, B: int) -> dist.Distribution:
+        """Prior of site ``"z0"``: a diagonal Normal, batch ``[B, 1]``, event ``[L]``."""
+        L = self.config.latent_dim
+        loc = self.z0_prior.loc.expand(B, 1, L)
+        scale = self.z0_prior.scale().expand(B, 1, L)
+        return dist.Normal(loc, scale).to_event(1)
+
+    def z0_posterior(self, context: Tensor) -> tuple[Tensor, Tensor]:
+        """Amortised ``q(z0)`` from ``context [B, T, C]``: location and scale, ``[B, L]`` each."""
+        L = self.config.latent_dim
+        q0 = self.qz0_net(context[:, 0])
+        return q0[..., :L], F.softplus(q0[..., L:]) + 1e-4
+
     # ------------------------------------------------------------------ Pyro
     def model(
         self,
@@ -606,14 +619,11 @@ class LatentSDE(ConfigCheckpoint, PyroModule):
         pyro.module("latent_sde", self)
         grid = self.make_grid(batch, query_times, t0)
         B, T = batch.times.shape
-        L = self.config.latent_dim
         sde = self.prior_sde(batch, grid.grid)
         with pyro.plate("series", B, dim=-2):
             with poutine.scale(scale=kl_scale):
                 if z0 is None:
-                    loc = self.z0_prior.loc.expand(B, 1, L)
-                    scale = self.z0_prior.scale().expand(B, 1, L)
-                    z0 = pyro.sample(Z0_SITE, dist.Normal(loc, scale).to_event(1))
+                    z0 = pyro.sample(Z0_SITE, self.z0_prior_dist(B))
                 else:
                     z0 = self._given_state(z0, B)
                 z = pyro.sample(PATH_SITE, SDEPath(sde, z0, grid.grid))
@@ -658,10 +668,8 @@ class LatentSDE(ConfigCheckpoint, PyroModule):
         pyro.module("latent_sde", self)
         grid = self.make_grid(batch, query_times, t0)
         B = batch.times.shape[0]
-        L = self.config.latent_dim
         context = self.encode(batch)
-        q0 = self.qz0_net(context[:, 0])
-        loc, scale = q0[..., :L], F.softplus(q0[..., L:]) + 1e-4
+        loc, scale = self.z0_posterior(context)
         sde = self.posterior_sde(batch, grid.grid, context)
         with pyro.plate("series", B, dim=-2):
             with poutine.scale(scale=kl_scale):
