@@ -659,7 +659,7 @@ class _FusedEulerFn(torch.autograd.Function):
         w1t, b1t, w2t = w1.unsqueeze(1), b1.unsqueeze(1), w2.unsqueeze(-1)
         ob = out_bias.view(L, 1, 1)
         span = hi - lo
-        states, drifts, diffs, prior_drifts, hds = [z], [], [], [], []
+        states, drifts, diffs, prior_drifts = [z], [], [], []
         for k in range(num_steps):
             f = mlp_q.forward(k, z)
             if tgt_steps is not None:
@@ -670,8 +670,7 @@ class _FusedEulerFn(torch.autograd.Function):
                 if act_steps is not None:
                     f = torch.where(act_steps[k], f, fp)
             zt = z.t().unsqueeze(-1)  # [L, N, 1]
-            hd = F.softplus(torch.addcmul(b1t, zt, w1t))  # [L, N, Hd]
-            hds.append(hd)
+            hd = F.softplus(torch.addcmul(b1t, zt, w1t))  # [L, N, Hd], not kept
             g = torch.baddbmm(ob, hd, w2t).sigmoid_().mul_(span).add_(lo).squeeze(-1).t()
             z = torch.addcmul(torch.add(z, f, alpha=dt_list[k]), g, noise_steps[k])
             states.append(z)
@@ -690,17 +689,7 @@ class _FusedEulerFn(torch.autograd.Function):
         ctx.meta = meta
         ctx.shapes = (zb, N, U, L)
         ctx.bridge_shapes = None if target is None else (target.shape, rate.shape)
-        ctx.cache = (
-            states,
-            diffs,
-            hds,
-            noise_steps,
-            mlp_q,
-            mlp_p,
-            act_steps,
-            tgt_steps,
-            rate_steps,
-        )
+        ctx.cache = (states, diffs, noise_steps, mlp_q, mlp_p, act_steps, tgt_steps, rate_steps)
         ctx.save_for_backward(w1, b1, w2, out_bias)
         return path, drift, diff, f_p
 
@@ -709,7 +698,7 @@ class _FusedEulerFn(torch.autograd.Function):
         dt_list, lo, hi, _, _ = ctx.meta
         zb, N, U, L = ctx.shapes
         w1, b1, w2, out_bias = ctx.saved_tensors
-        states, diffs, hds, noise_steps, mlp_q, mlp_p, act_steps, tgt_steps, rate_steps = ctx.cache
+        states, diffs, noise_steps, mlp_q, mlp_p, act_steps, tgt_steps, rate_steps = ctx.cache
         num_steps = U - 1
         span = hi - lo
         zeros = states[0].new_zeros(N, num_steps, L)
@@ -755,11 +744,11 @@ class _FusedEulerFn(torch.autograd.Function):
             s = (diffs[k] - lo) / span
             graw = (gg * span * s * (1.0 - s)).t().unsqueeze(-1)  # [L, N, 1]
             z_row = z.t().unsqueeze(1)  # [L, 1, N]
-            # softplus(a), a = z * w1 + b1 [L, N, Hd], is kept from the forward pass (softplus
-            # is the slowest elementwise op here); sigmoid(a) is recomputed (cheaper than
-            # reading it off softplus(a) as 1 - exp(-softplus(a))).
-            g_w2.baddbmm_(graw.transpose(1, 2), hds[k])
-            q = torch.addcmul(b1t, z_row.transpose(1, 2), w1t).sigmoid_().mul_(graw)  # dL/da / w2
+            # The pre-activation a = z * w1 + b1 [L, N, Hd] is recomputed, not kept: it would be
+            # the largest per-step memory of the pass (more than the reference's per step).
+            a = torch.addcmul(b1t, z_row.transpose(1, 2), w1t)
+            g_w2.baddbmm_(graw.transpose(1, 2), F.softplus(a))
+            q = a.sigmoid_().mul_(graw)  # d loss / d a, over w2
             g_b1.addcmul_(q.sum(1), w2)
             g_w1.baddbmm_(z_row, q)
             gz.add_(torch.bmm(q, w12).squeeze(-1).t())
