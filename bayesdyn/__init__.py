@@ -15,8 +15,9 @@ from .data import (
     Scaler,
     load_point_process,
 )
-from .diagnostics import calibration_table
+from .diagnostics import calibration_table, to_inference_data
 from .inference import (
+    Ensemble,
     EventForecast,
     FilterState,
     LinearGaussianSDE,
@@ -24,6 +25,7 @@ from .inference import (
     PathELBO,
     Trajectories,
     fit,
+    fit_ensemble,
     forecast_events,
     kalman_filter,
     load_model,
@@ -49,6 +51,7 @@ except PackageNotFoundError:  # running from a source tree without installation
 
 __all__ = [
     "AbstractSDE",
+    "Ensemble",
     "EventBatch",
     "EventForecast",
     "FilterState",
@@ -72,10 +75,12 @@ __all__ = [
     "calibration_table",
     "enable_validation",
     "fit",
+    "fit_ensemble",
     "forecast_events",
     "kalman_filter",
     "load_model",
     "load_point_process",
     "posterior_predictive",
     "save_model",
+    "to_inference_data",
 ]
