@@ -92,6 +92,7 @@ def test_load_config_file_errors(tmp_path):
 
 def test_committed_configs_are_valid():
     mocap.load_mocap_config(BENCH / "configs" / "mocap.json")
+    mocap.load_mocap_config(BENCH / "configs" / "mocap_fullseq.json")
     bxl.load_brusselator_config(BENCH / "configs" / "brusselator.json")
     lynx.load_lynx_hare_config(BENCH / "configs" / "lynx_hare.json")
 
