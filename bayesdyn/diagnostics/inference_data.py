@@ -27,6 +27,29 @@ channel (select it with ``idata.isel(observation=...)``).
 Jump models take part through duck typing: a model with a method ``intensity(z)`` mapping latent
 states ``[..., L]`` to per-mark event intensities ``[..., K]`` gets the posterior ``intensity``.
 
+:class:`~bayesdyn.models.LatentJumpSDE` chains (events only, ``obs_dim=0``, or with ``D``
+continuous channels) need ``data`` with events and get their own layout. Each draw is one
+guide path (the posterior jump SDE; with ``guide="prior"`` the prior jump SDE, whose state
+jumps at the observed events) on the solver grid refined by ``time``, replayed through the
+model to score the observed sites along it:
+
+- ``posterior``: ``z`` (chain, draw, series, time, latent_dim), left limits at ``time``;
+  ``z0``; ``intensity`` (chain, draw, series, time, mark) ``= model.intensity(z)``;
+  ``diffusion``; ``obs_scale`` when ``D > 0``.
+- ``log_likelihood``: ``events`` (chain, draw, series): a pointwise entry is one series' whole
+  event sequence, ``log p(events_b | path)`` (the point-process term: ``sum log lambda(t_i)``
+  minus the integrated intensity over its window), so ``az.loo(idata, var_name="events")``
+  leaves out one series at a time; with ``D > 0`` also ``obs`` (chain, draw, observation) as
+  above (pass ``var_name`` to ArviZ, which refuses several variables otherwise).
+- ``observed_data``: ``event_time`` (series, event), NaN padded to the largest count,
+  ``event_mark`` (series, event), padded with ``-1``, ``event_count`` (series); ``obs`` when
+  ``D > 0``.
+- ``posterior_predictive`` (``obs``, ``y``) only when ``D > 0``; ``constant_data``:
+  ``window_start``, ``window_end``, ``last_observed`` (series) (and ``observation_time``).
+- ``sample_stats``: ``elbo`` as above (with the ``JumpBatch``); no ``predictions`` group:
+  future events move the latent path, so forecast them with
+  :func:`bayesdyn.inference.forecast_events`.
+
 The observation scale is a fitted parameter of each member (variational inference gives a
 point estimate), so it is constant along draws and varies only across members; the diffusion
 level, ``z0`` and ``z`` vary along draws.
@@ -42,12 +65,13 @@ from torch import Tensor
 
 from .._validation import BayesdynTypeError, BayesdynValueError
 from ..inference import PathELBO, Trajectories, posterior_predictive
+from ..models.latent_jump_sde import LatentJumpSDE
 
 __all__ = ["to_inference_data"]
 
 
 def _members(source) -> list:
-    """The fitted models that become chains."""
+    """The fitted models that become chains (all latent SDEs or all jump models)."""
     members = getattr(source, "members", None)  # an ensemble (e.g. inference.Ensemble)
     if members is not None:
         source = list(members() if callable(members) else members)
@@ -58,18 +82,26 @@ def _members(source) -> list:
     else:
         models = [source]
     for i, m in enumerate(models):
+        if isinstance(m, LatentJumpSDE):
+            continue
         if callable(getattr(m, "model", None)) and not callable(getattr(m, "make_grid", None)):
-            # e.g. LatentJumpSDE, whose guide needs a JumpBatch: not wired up yet
             raise BayesdynTypeError(
-                f"item {i} ({type(m).__name__}) is not supported by to_inference_data yet: it "
+                f"item {i} ({type(m).__name__}) is not supported by to_inference_data: it "
                 "samples through posterior_predictive, which needs a LatentSDE-like model with "
-                "make_grid(batch, times)"
+                "make_grid(batch, times), or a LatentJumpSDE"
             )
         if not (callable(getattr(m, "model", None)) and callable(getattr(m, "guide", None))):
             raise BayesdynTypeError(
                 "source must be Trajectories, a fitted model with .model/.guide (e.g. "
-                f"LatentSDE), or a sequence of them; item {i} is {type(m).__name__}"
+                f"LatentSDE or LatentJumpSDE), or a sequence of them; item {i} is "
+                f"{type(m).__name__}"
             )
+    jumps = [isinstance(m, LatentJumpSDE) for m in models]
+    if any(jumps) and not all(jumps):
+        raise BayesdynTypeError(
+            "source mixes LatentJumpSDE and other models; all chains must be the same kind of "
+            f"model, got {[type(m).__name__ for m in models]}"
+        )
     return models
 
 
@@ -182,6 +214,85 @@ def _member_draws(
     }
 
 
+def _jump_member_draws(
+    model, scaled, scaler, times, num_samples, seed, chunk_size, with_elbo
+) -> dict[str, np.ndarray]:
+    """All per-draw quantities of one :class:`~bayesdyn.models.LatentJumpSDE` (data units).
+
+    Each draw is one guide path on the solver grid refined by ``times`` (the guide's posterior
+    SDE, or the prior jump SDE with ``guide="prior"``; the state jumps at the observed events),
+    replayed through the model to score the observed sites along it, as the ELBO does.
+
+    Shapes (``S`` draws, ``B`` series, ``Q = len(times)``, ``T`` rows, ``D`` channels):
+        ``z [S, B, Q, L]`` (left limits at ``times``), ``z0 [S, B, L]``,
+        ``intensity [S, B, Q, K]``, ``events_log_lik [S, B]``, ``diffusion [S, L]``; with
+        ``D > 0`` also ``log_lik``/``obs_rep [S, B, T, D]``, ``y [S, B, Q, D]``,
+        ``obs_scale [S, D]``.
+    """
+    import pyro
+    from pyro import poutine
+
+    from ..models.latent_jump_sde import EVENTS_SITE
+    from ..models.latent_sde import Z0_SITE
+    from ..solvers import gather_on_grid
+
+    dtype = next(model.parameters()).dtype
+    batch = scaled.to_jump_batch(dtype=dtype)
+    model.check_batch(batch)
+    qt = torch.as_tensor(np.asarray(times), dtype=dtype)
+    torch.manual_seed(seed)
+    parts: dict[str, list[Tensor]] = {}
+
+    def add(name: str, value: Tensor) -> None:
+        parts.setdefault(name, []).append(value)
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            prep = model.prepare(batch, qt)  # the grid both traces below run on
+            qidx = prep.grid.query_index  # [Q]
+            for start in range(0, num_samples, chunk_size):
+                n = min(chunk_size, num_samples - start)
+                with pyro.plate("_idata_draws", n, dim=-3):
+                    gtr = poutine.trace(model.guide).get_trace(batch, qt)
+                    mtr = poutine.trace(poutine.replay(model.model, trace=gtr)).get_trace(batch, qt)
+                path = mtr.nodes["_RETURN"]["value"]  # [n, B, U, L]
+                z = path[..., qidx, :]
+                add("z", z)
+                add("z0", gtr.nodes[Z0_SITE]["value"].reshape(n, *path.shape[1:2], -1))
+                add("intensity", model.intensity(z))
+                site = mtr.nodes[EVENTS_SITE]
+                lp = site["fn"].log_prob(site["value"])  # [n, B, 1]
+                add("events_log_lik", lp.reshape(n, lp.shape[1], -1).sum(-1))
+                g = model.core.diffusion(z)  # [n, B, Q, L]
+                add("diffusion", g.pow(2).mean((1, 2)).sqrt())
+                if model.decoder is not None:
+                    latent = gather_on_grid(path, prep.obs_index)  # [n, B, T, L]
+                    obs_dist = model.decoder(latent)
+                    lp = obs_dist.log_prob(batch.values)  # [n, B, T, D] per channel
+                    if scaler is not None:  # density of y = std * y_scaled + mean
+                        lp = lp - torch.as_tensor(np.log(scaler.std), dtype=lp.dtype)
+                    add("log_lik", lp)
+                    add("obs_rep", obs_dist.sample())
+                    add("y", model.decoder(z).sample())
+    finally:
+        model.train(was_training)
+    out: dict[str, Any] = {k: torch.cat(v) for k, v in parts.items()}
+    if model.decoder is not None:
+        if scaler is not None:
+            out["obs_rep"] = scaler.inverse_values(out["obs_rep"])
+            out["y"] = scaler.inverse_values(out["y"])
+        scale = model.decoder.scale().detach().expand(num_samples, -1)
+        out["obs_scale"] = scale if scaler is None else scaler.inverse_std(scale)
+    if with_elbo:
+        out["elbo"] = _draw_elbo(model, batch, num_samples)
+    return {
+        k: np.asarray(v.detach().cpu().double().numpy() if isinstance(v, Tensor) else v, float)
+        for k, v in out.items()
+    }
+
+
 def to_inference_data(
     source,
     data,
@@ -201,16 +312,18 @@ def to_inference_data(
     chain. See the module docstring for the groups and dimension names.
 
     Main arguments:
-        source: a fitted model (e.g. :class:`~bayesdyn.models.LatentSDE`), a sequence of
-            fitted models (ensemble members), an :class:`~bayesdyn.inference.Ensemble` (or any
+        source: a fitted model (e.g. :class:`~bayesdyn.models.LatentSDE` or
+            :class:`~bayesdyn.models.LatentJumpSDE`), a sequence of fitted models of one kind
+            (ensemble members), an :class:`~bayesdyn.inference.Ensemble` (or any
             object with ``members()`` / ``members``; member weights are not applied), or
             :class:`~bayesdyn.inference.Trajectories`.
         data: the :class:`~bayesdyn.data.IrregularTimeSeries` the fit conditions on, in data
-            units when ``scaler`` is given (it is standardised with it before conditioning).
+            units when ``scaler`` is given (it is standardised with it before conditioning);
+            for jump models it must carry the events (and marks) the model was fitted on.
         times: float times ``[Q]`` of the ``time`` coordinate (latent path and predictive
             bands); default ``num_times`` points from ``t0`` to the last observation.
         forecast_times: float times ``[F]`` of the ``predictions`` group (``forecast_time``);
-            default none (no ``predictions`` group).
+            default none (no ``predictions`` group); not allowed for jump models.
         scaler: the :class:`~bayesdyn.data.Scaler` the model was trained with; outputs,
             ``obs_scale`` and log-likelihoods are then in data units.
 
@@ -229,7 +342,15 @@ def to_inference_data(
 
     Shapes:
         ``z (E, S, B, Q, L)``, ``y (E, S, B, Q, D)``, predictions ``(E, S, B, F, D)``,
-        ``obs``/``log_likelihood`` ``(E, S, N)`` for ``N`` observed values.
+        ``obs``/``log_likelihood`` ``(E, S, N)`` for ``N`` observed values. Jump models:
+        ``intensity (E, S, B, Q, K)``, ``log_likelihood.events (E, S, B)``,
+        ``observed_data.event_time (B, N_max)``.
+
+    Raises:
+        BayesdynTypeError: wrong ``data``/``scaler`` types, or ``source`` not a supported model
+            (or jump and non-jump models mixed).
+        BayesdynValueError: bad ``num_samples``/``num_times``/``times``; for jump models also
+            ``data`` without events, ``forecast_times``, or a ``scaler`` with ``obs_dim=0``.
     """
     from ..data import IrregularTimeSeries, Scaler
     from . import _arviz  # imported on use: ArviZ takes seconds to import
@@ -242,6 +363,21 @@ def to_inference_data(
         raise BayesdynValueError(f"num_samples must be an integer >= 2; got {num_samples!r}")
     if not (isinstance(num_times, int) and num_times >= 2):
         raise BayesdynValueError(f"num_times must be an integer >= 2; got {num_times!r}")
+    if not isinstance(source, Trajectories):
+        models = _members(source)
+        if isinstance(models[0], LatentJumpSDE):
+            return _jump_inference_data(
+                models,
+                data,
+                times=_times_arg("times", times),
+                forecast_times=forecast_times,
+                scaler=scaler,
+                num_samples=num_samples,
+                num_times=num_times,
+                elbo=elbo,
+                seed=seed,
+                chunk_size=chunk_size,
+            )
     table = _observation_table(data, scaler)
     ids = _ids(data)
     coords: dict[str, Any] = {
@@ -270,7 +406,6 @@ def to_inference_data(
         groups["constant_data"] = constant
         return _arviz.make_inference_data(groups, coords, {"num_chains": num_chains})
 
-    models = _members(source)
     times = _times_arg("times", times)
     forecast_times = _times_arg("forecast_times", forecast_times)
     scaled = data if scaler is None else data.standardize(scaler)[0]
@@ -386,3 +521,120 @@ def _from_trajectories(
             "y": (["chain", "draw", "series", "forecast_time", "channel"], obs[:, :, :, ~inside])
         }
     return groups, int(obs.shape[0])
+
+
+def _padded_events(data) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ragged events as ``event_time [B, N]`` (NaN padded), ``event_mark [B, N]`` (-1 padded)
+    and ``event_count [B]``, with ``N`` the largest count (at least 1)."""
+    counts = np.array([len(e) for e in data.events], dtype=np.int64)
+    N = max(int(counts.max(initial=0)), 1)
+    times = np.full((len(counts), N), np.nan)
+    marks = np.full((len(counts), N), -1, dtype=np.int64)
+    for b, (e, m) in enumerate(zip(data.events, data.marks, strict=True)):
+        times[b, : len(e)] = e
+        marks[b, : len(m)] = m
+    return times, marks, counts
+
+
+def _jump_inference_data(
+    models, data, *, times, forecast_times, scaler, num_samples, num_times, elbo, seed, chunk_size
+):
+    """``to_inference_data`` for :class:`~bayesdyn.models.LatentJumpSDE` chains (module doc)."""
+    from . import _arviz
+
+    name = type(models[0]).__name__
+    if data.events is None:
+        raise BayesdynValueError(
+            f"data has no events, but source is a jump model ({name}); pass the "
+            "IrregularTimeSeries built with events=... (and marks=...) that the model was fitted on"
+        )
+    if forecast_times is not None:
+        raise BayesdynValueError(
+            f"forecast_times is not supported for jump models ({name}): future events change "
+            "the latent path; use bayesdyn.forecast_events for event forecasts; got "
+            f"forecast_times={forecast_times!r}"
+        )
+    D = models[0].config.obs_dim
+    if any(m.config.obs_dim != D for m in models):
+        raise BayesdynValueError(
+            f"all jump models must have the same obs_dim; got {[m.config.obs_dim for m in models]}"
+        )
+    if D == 0 and scaler is not None:
+        raise BayesdynValueError(
+            f"scaler must be None for an events-only jump model (obs_dim=0); got {scaler!r}"
+        )
+    ids = _ids(data)
+    windows = np.asarray(data.windows, dtype=np.float64)  # [B, 2]
+    scaled = data if scaler is None else data.standardize(scaler)[0]
+    if times is None:
+        t0 = float(models[0].prepare(scaled.to_jump_batch()).grid.grid[0])
+        times = np.linspace(t0, float(windows[:, 1].max()), num_times)
+    draws = [
+        _jump_member_draws(m, scaled, scaler, times, num_samples, seed + e, chunk_size, elbo)
+        for e, m in enumerate(models)
+    ]
+    st = {k: np.stack([d[k] for d in draws]) for k in draws[0]}  # [E, S, ...]
+    ev_time, ev_mark, ev_count = _padded_events(data)
+    coords: dict[str, Any] = {
+        "series": ids,
+        "time": times,
+        "latent_dim": np.arange(st["z"].shape[-1]),
+        "mark": np.arange(st["intensity"].shape[-1]),
+        "event": np.arange(ev_time.shape[1]),
+    }
+    groups: dict[str, dict] = {
+        "posterior": {
+            "z": (["chain", "draw", "series", "time", "latent_dim"], st["z"]),
+            "z0": (["chain", "draw", "series", "latent_dim"], st["z0"]),
+            "intensity": (["chain", "draw", "series", "time", "mark"], st["intensity"]),
+            "diffusion": (["chain", "draw", "latent_dim"], st["diffusion"]),
+        },
+        "log_likelihood": {"events": (["chain", "draw", "series"], st["events_log_lik"])},
+        "observed_data": {
+            "event_time": (["series", "event"], ev_time),
+            "event_mark": (["series", "event"], ev_mark),
+            "event_count": (["series"], ev_count),
+        },
+        "constant_data": {
+            "window_start": (["series"], windows[:, 0]),
+            "window_end": (["series"], windows[:, 1]),
+            "last_observed": (["series"], np.array([t[-1] for t in data.times], dtype=float)),
+        },
+    }
+    if D > 0:
+        table = _observation_table(data, scaler)
+        b, t, d = table["b"], table["t"], table["d"]
+        coords.update(
+            {
+                "channel": np.asarray(data.channels, dtype=str),
+                "observation": np.arange(table["value"].size),
+                "obs_series": (("observation",), table["series"]),
+                "obs_time": (("observation",), table["time"]),
+                "obs_channel": (("observation",), table["channel"]),
+            }
+        )
+        groups["posterior"]["obs_scale"] = (["chain", "draw", "channel"], st["obs_scale"])
+        groups["log_likelihood"]["obs"] = (
+            ["chain", "draw", "observation"],
+            st["log_lik"][:, :, b, t, d],
+        )
+        groups["posterior_predictive"] = {
+            "obs": (["chain", "draw", "observation"], st["obs_rep"][:, :, b, t, d]),
+            "y": (["chain", "draw", "series", "time", "channel"], st["y"]),
+        }
+        groups["observed_data"]["obs"] = (["observation"], table["value"])
+        groups["constant_data"]["observation_time"] = (["observation"], table["time"])
+    if "elbo" in st:
+        groups["sample_stats"] = {"elbo": (["chain", "draw"], st["elbo"])}
+    attrs = {
+        "num_chains": len(models),
+        "chains_are": "ensemble members" if len(models) > 1 else "a single fit",
+        "inference": "variational (posterior jump SDE guide)"
+        if models[0].config.guide == "encoder"
+        else "maximum likelihood (guide='prior': prior jump SDE paths)",
+        "units": "data units" if scaler is not None else "model units",
+        "model": name,
+        "pointwise_log_likelihood": "events: log p(events of a series | path), one per series; "
+        "obs: log p(y_i | path), one per observed value",
+    }
+    return _arviz.make_inference_data(groups, coords, attrs)

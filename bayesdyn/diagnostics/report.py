@@ -10,7 +10,15 @@ fonts):
 4. calibration: a PIT histogram, a coverage table and proper scores (CRPS, energy score, NLL);
 5. ``az.summary`` of the global quantities, with R-hat across ensemble members;
 6. a PSIS-LOO table whose Pareto-k diagnostics are explained in words;
-7. event intensities and events for jump models (when the model has them).
+7. event intensities and events for jump models (when the model has them): the posterior
+   ``intensity`` bands and the events of ``observed_data`` (``LatentJumpSDE``) or
+   ``constant_data`` (other models given data with events). An events-only jump model has no
+   predictive or calibration figures; those sections say so.
+
+For a fitted ``LatentJumpSDE``, build the page from its InferenceData:
+``render_report(ReportInputs(idata=to_inference_data(model, series), data=series))`` (add
+``scores=in_sample_scores(idata, seed)`` when it has continuous channels). Run directories of
+``bayesdyn fit`` hold latent SDEs only.
 
 Run-directory layout read here (written by ``bayesdyn fit`` / ``bayesdyn demo``): ``model.pt``
 (or ensemble members ``members/*.pt``), ``data.csv``, optionally ``heldout.csv`` (data after
@@ -508,7 +516,10 @@ def figure_jumps(inputs: ReportInputs, max_series: int) -> str | None:
     """Event intensity bands and event times per series (jump / point-process models)."""
     idata = inputs.idata
     has_int = "intensity" in idata.posterior
-    has_ev = "constant_data" in idata.groups() and "event_time" in idata.constant_data
+    # jump models store events as observed data ([series, event], NaN padded); other
+    # models with event data as constant data (flat [event] with event_series)
+    padded = "observed_data" in idata.groups() and "event_time" in idata.observed_data
+    has_ev = padded or ("constant_data" in idata.groups() and "event_time" in idata.constant_data)
     if not (has_int or has_ev):
         return None
     rows = _series_index(inputs, max_series)
@@ -526,10 +537,15 @@ def figure_jumps(inputs: ReportInputs, max_series: int) -> str | None:
                 ax.fill_between(t, lo[b, :, k], hi[b, :, k], color=f"C{k}", alpha=0.25, lw=0)
                 ax.plot(t, bands["median"][b, :, k], color=f"C{k}", lw=1.1, label=f"mark {k}")
             ax.set_ylabel("intensity", fontsize=8)
-        if has_ev:
+        if padded:
+            ev = idata.observed_data["event_time"].values[b]
+            mk = idata.observed_data["event_mark"].values[b]
+            ev, mk = ev[np.isfinite(ev)], mk[np.isfinite(ev)]
+        elif has_ev:
             cd = idata.constant_data
             sel = cd["event_series"].values == np.asarray(ids, dtype=cd["event_series"].dtype)[b]
             ev, mk = cd["event_time"].values[sel], cd["event_mark"].values[sel]
+        if has_ev:
             for k in np.unique(mk):
                 ax.plot(
                     ev[mk == k],
@@ -620,7 +636,11 @@ def _loo_section(idata) -> tuple[str, str | None]:
 
     if "log_likelihood" not in idata.groups():
         return "<p>No pointwise log-likelihood (the source had no model), so no LOO.</p>", None
-    loo = _arviz.loo(idata)
+    names = list(idata.log_likelihood.data_vars)
+    # "obs": one entry per observed value; "events" (jump models): one per series' events
+    var = "obs" if "obs" in names else names[0]
+    what = "observed values" if var == "obs" else "event sequences (one per series)"
+    loo = _arviz.loo(idata, var_name=var)
     k = np.asarray(loo.pareto_k).reshape(-1)
     n = k.size
     good = float(loo.good_k)
@@ -647,7 +667,7 @@ def _loo_section(idata) -> tuple[str, str | None]:
         ),
     )
     text = [
-        f"<p>PSIS-LOO estimates how well the model predicts each of the {n} observed values when "
+        f"<p>PSIS-LOO estimates how well the model predicts each of the {n} {what} when "
         f"that value is left out, from {int(loo.n_samples)} posterior draws, by importance "
         "sampling. <code>elpd_loo</code> is the sum of the log predictive densities (higher is "
         "better, comparable between models on the same data); <code>p_loo</code> is the "
@@ -680,7 +700,32 @@ def _loo_section(idata) -> tuple[str, str | None]:
         "forecasts are judged by leaving the future out, as in the calibration section.</p>"
     )
     html_ = "".join(text) + _table(est) + _table(kt)
+    if var != "events" and "events" in names:
+        html_ += _events_loo(idata)
     return html_, figure_pareto_k(loo)
+
+
+def _events_loo(idata) -> str:
+    """PSIS-LOO of the per-series event log-likelihood (jump models with continuous channels)."""
+    import pandas as pd
+
+    from . import _arviz
+
+    loo = _arviz.loo(idata, var_name="events")
+    k = np.asarray(loo.pareto_k).reshape(-1)
+    est = pd.DataFrame(
+        {
+            "estimate": [float(loo.elpd_loo), float(loo.p_loo)],
+            "SE": [float(loo.se), np.nan],
+            "max Pareto k": [float(k.max()), np.nan],
+        },
+        index=pd.Index(["elpd_loo", "p_loo"], name="PSIS-LOO, events"),
+    )
+    return (
+        f"<p>The events are scored separately: one entry per series, the log-likelihood of its "
+        f"whole event sequence along each posterior path ({k.size} entries, "
+        f"{int((k > loo.good_k).sum())} with Pareto k above {loo.good_k:.2f}).</p>" + _table(est)
+    )
 
 
 _CSS = """
@@ -701,10 +746,49 @@ tbody th{text-align:left;background:#fafbfc;font-weight:600}
 """
 
 
-def render_report(inputs: ReportInputs, max_series: int = 6) -> str:
-    """The report as one HTML string (figures embedded as base64 PNG)."""
+def _calibration_section(scores: dict) -> tuple[str, str, str]:
+    """The calibration section: verdict, PIT and coverage figure, coverage and score tables."""
     import pandas as pd
 
+    tab = scores["table"]
+    ks = scores["ks"]
+    cov = tab.set_index("level")[["coverage", "stderr", "n", "z", "flagged"]]
+    cov.index = pd.Index([f"{lv:.0%}" for lv in cov.index], name="nominal")
+    verdict_cls = "flag" if (bool(tab["flagged"].any()) or ks.p_value < 0.01) else "ok"
+    verdict = (
+        "miscalibrated: see the flagged rows / PIT test"
+        if verdict_cls == "flag"
+        else "no evidence of miscalibration"
+    )
+    score_rows = [
+        ("CRPS (mean per value, data units)", f"{scores['crps']:.4f}"),
+        ("PIT KS distance (calibration error)", f"{ks.statistic:.4f} (p = {ks.p_value:.3g})"),
+    ]
+    if scores.get("energy") is not None:
+        score_rows.append(("energy score (mean per series path)", f"{scores['energy']:.4f}"))
+    if scores.get("nll") is not None:
+        score_rows.append(("NLL (mean per value, nats)", f"{scores['nll']:.4f}"))
+    return (
+        "calibration",
+        "Calibration",
+        f"<p>Scored on {html.escape(scores['where'])}. Verdict: "
+        f"<span class='{verdict_cls}'>{verdict}</span>. A row is flagged when its coverage "
+        "differs from the nominal level by more than 2.58 binomial standard errors "
+        "(|z| &gt; 2.58, a 1% test). PIT values are randomised ranks, uniform for a "
+        "calibrated forecast: a U shape means bands too narrow (over-confident), a hump "
+        "too wide, a slope a biased median.</p>"
+        + figure_calibration(scores)
+        + _table(cov)
+        + _kv_table(score_rows),
+    )
+
+
+def render_report(inputs: ReportInputs, max_series: int = 6) -> str:
+    """The report as one HTML string (figures embedded as base64 PNG).
+
+    Sections without their inputs say so in words: no ``posterior_predictive`` group (an
+    events-only jump model) or empty ``inputs.scores`` (nothing to calibrate).
+    """
     idata, scores = inputs.idata, inputs.scores
     post = idata.posterior
     E, S = post.sizes["chain"], post.sizes["draw"]
@@ -717,6 +801,8 @@ def render_report(inputs: ReportInputs, max_series: int = 6) -> str:
         ("chains (members) x draws", f"{E} x {S}"),
         ("time span", f"{inputs.data.t_min:g} to {inputs.data.t_max:g}"),
     ]
+    if inputs.data.events is not None:
+        run_items.append(("events", sum(len(e) for e in inputs.data.events)))
     if inputs.heldout is not None:
         run_items.append(("held-out values", inputs.heldout.num_observed))
     for k, v in (inputs.run_summary or {}).items():
@@ -724,11 +810,15 @@ def render_report(inputs: ReportInputs, max_series: int = 6) -> str:
             run_items.append((k, v))
     sections.append(("run", "Run", _kv_table(run_items)))
 
+    has_pp = "posterior_predictive" in idata.groups()
     sections.append(
         (
             "predictive",
             "Data and posterior predictive",
-            "<p>Median with 50% and 90% posterior predictive bands. Blue background: "
+            "<p>This model has no continuous observed channels (an events-only jump model), so "
+            "there is no predictive of values; see the jumps section for its events.</p>"
+            if not has_pp
+            else "<p>Median with 50% and 90% posterior predictive bands. Blue background: "
             "interpolation (inside each series' observations); orange: forecast (after its last "
             "observation, dashed line). Black dots: data the model conditioned on"
             + ("; red crosses: held-out future data." if inputs.heldout is not None else ".")
@@ -756,39 +846,17 @@ def render_report(inputs: ReportInputs, max_series: int = 6) -> str:
     else:
         sections.append(("training", "Training curve", "<p>No training history in this run.</p>"))
 
-    tab = scores["table"]
-    ks = scores["ks"]
-    cov = tab.set_index("level")[["coverage", "stderr", "n", "z", "flagged"]]
-    cov.index = pd.Index([f"{lv:.0%}" for lv in cov.index], name="nominal")
-    verdict_cls = "flag" if (bool(tab["flagged"].any()) or ks.p_value < 0.01) else "ok"
-    verdict = (
-        "miscalibrated: see the flagged rows / PIT test"
-        if verdict_cls == "flag"
-        else "no evidence of miscalibration"
-    )
-    score_rows = [
-        ("CRPS (mean per value, data units)", f"{scores['crps']:.4f}"),
-        ("PIT KS distance (calibration error)", f"{ks.statistic:.4f} (p = {ks.p_value:.3g})"),
-    ]
-    if scores.get("energy") is not None:
-        score_rows.append(("energy score (mean per series path)", f"{scores['energy']:.4f}"))
-    if scores.get("nll") is not None:
-        score_rows.append(("NLL (mean per value, nats)", f"{scores['nll']:.4f}"))
-    sections.append(
-        (
-            "calibration",
-            "Calibration",
-            f"<p>Scored on {html.escape(scores['where'])}. Verdict: "
-            f"<span class='{verdict_cls}'>{verdict}</span>. A row is flagged when its coverage "
-            "differs from the nominal level by more than 2.58 binomial standard errors "
-            "(|z| &gt; 2.58, a 1% test). PIT values are randomised ranks, uniform for a "
-            "calibrated forecast: a U shape means bands too narrow (over-confident), a hump "
-            "too wide, a slope a biased median.</p>"
-            + figure_calibration(scores)
-            + _table(cov)
-            + _kv_table(score_rows),
+    if not scores:
+        sections.append(
+            (
+                "calibration",
+                "Calibration",
+                "<p>No calibration scores: the run has no continuous observations to score "
+                "(events are scored by the LOO of their log-likelihood).</p>",
+            )
         )
-    )
+    else:
+        sections.append(_calibration_section(scores))
     sections.append(("summary", "Global quantities (az.summary)", _summary_section(idata)))
     loo_html, loo_fig = _loo_section(idata)
     sections.append(("loo", "LOO / PSIS", loo_html + (loo_fig or "")))

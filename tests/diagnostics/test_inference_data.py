@@ -217,7 +217,8 @@ def test_errors_name_the_argument(fitted):
         to_inference_data([members[0], "m"], scaled)
     from bayesdyn.models.latent_jump_sde import LatentJumpSDE
 
-    with pytest.raises(TypeError, match=r"item 0 \(LatentJumpSDE\) is not supported"):
+    # jump models are supported (tests/diagnostics/test_jump_report.py) but need event data
+    with pytest.raises(ValueError, match="data has no events, but source is a jump model"):
         to_inference_data(LatentJumpSDE(1, latent_dim=2), scaled)
     with pytest.raises(TypeError, match="scaler must be a Scaler"):
         to_inference_data(members[0], scaled, scaler={"mean": 0})
