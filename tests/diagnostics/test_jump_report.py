@@ -133,19 +133,26 @@ def test_loo_runs_on_events_and_netcdf_round_trip(events_only, tmp_path):
 
 
 def test_pointwise_event_log_likelihood_is_exact_for_a_constant_intensity():
-    """W = 0: lambda = softplus(c) + min_intensity whatever the path, so each series' entry is
-    N_b log(lambda) - lambda T exactly, in every draw."""
-    data = simulate_hawkes(num_series=3, t1=T1, seed=2, **HAWKES).series
-    model = _jump_model(0, guide="prior")
+    """W = 0: each of the K = 2 marks has lambda = softplus(c) + min_intensity whatever the
+    path, so each series' entry is N_b log(lambda) - K lambda T exactly, in every draw (drawn
+    in several chunks)."""
+    data = simulate_hawkes(num_series=3, t1=T1, seed=2, mark_probs=[0.5, 0.5], **HAWKES).series
+    assert {int(m) for mk in data.marks for m in mk} == {0, 1}
+    model = _jump_model(0, guide="prior", num_marks=2)
     with torch.no_grad():
         model.intensity_head.weight.zero_()
         model.intensity_head.bias.fill_(0.3)
-    idata = to_inference_data(model, data, num_samples=4, num_times=5, elbo=False)
+    idata = to_inference_data(model, data, num_samples=5, num_times=5, elbo=False, chunk_size=2)
     lam = math.log1p(math.exp(0.3)) + model.config.min_intensity
-    want = np.array([len(e) * math.log(lam) - lam * T1 for e in data.events])
+    want = np.array([len(e) * math.log(lam) - 2 * lam * T1 for e in data.events])
     got = idata.log_likelihood["events"].values  # (chain, draw, series)
+    assert got.shape == (1, 5, 3)
     np.testing.assert_allclose(got, np.broadcast_to(want, got.shape), rtol=1e-10)
+    assert idata.posterior["intensity"].shape == (1, 5, 3, 5, 2)
     np.testing.assert_allclose(idata.posterior["intensity"].values, lam, rtol=1e-10)
+    np.testing.assert_array_equal(
+        idata.observed_data["event_mark"].values[0, : len(data.marks[0])], data.marks[0]
+    )
     assert "sample_stats" not in idata.groups()
 
 
