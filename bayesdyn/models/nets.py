@@ -509,7 +509,9 @@ def fused_euler_path(
     :func:`bayesdyn.solvers.euler_maruyama` stepping with that drift; the fused node only
     removes the per-step autograd bookkeeping and keeps fewer activations. With ``prior`` the
     prior drift along the path is returned too (the low-variance path KL needs it), computed
-    in the same pass.
+    in the same pass. Under ``torch.func.vmap`` over stacked ensemble members (see
+    :class:`~bayesdyn.models.MemberStack`) the same kernel runs once for all members, with
+    batched matmuls over the member dimension (its vmap rule).
 
     Returns None where it does not apply (other activations, ``stable`` drift, constant
     diffusion), so callers fall back to the generic loop.
@@ -520,8 +522,8 @@ def fused_euler_path(
     prior drift (or None) ``[..., U-1, L]``.
     """
     layers = _softplus_mlp_layers(drift)
-    if layers is None or not diffusion.state_dependent or under_functorch(z0):
-        return None  # under vmap (vectorised ensembles) the generic loop runs instead
+    if layers is None or not diffusion.state_dependent:
+        return None
     params = _mlp_params(drift, layers)
     n_prior = 0
     prior_pre = None
@@ -539,10 +541,10 @@ def fused_euler_path(
     dts = (grid[1:] - grid[:-1]).to(z0.dtype)
     scaled = noise * dts.sqrt().unsqueeze(-1)
     target, rate = bridge if bridge is not None else (None, None)
-    meta = (dts.tolist(), diffusion.min_scale, diffusion.max_scale, len(layers), n_prior)
-    path, f, g, f_p = _FusedEulerFn.apply(
-        meta, z0, scaled, pre, prior_pre, active, target, rate, *params
-    )
+    meta = (dts.tolist(), diffusion.min_scale, diffusion.max_scale, len(layers), n_prior, None)
+    # Under vmap over ensemble members the member dimension is handed to the kernel itself.
+    fn = _FusedEulerMembers if under_functorch(z0) else _FusedEulerFn
+    path, f, g, f_p = fn.apply(meta, z0, scaled, pre, prior_pre, active, target, rate, *params)
     return path, f, g, (f_p if prior is not None else None)
 
 
@@ -553,41 +555,100 @@ def _per_step(x: Tensor | None, zb: torch.Size, N: int, U: int) -> list[Tensor] 
     return x.expand(zb + x.shape[-2:]).reshape(N, U, x.shape[-1]).unbind(1)
 
 
+# Row-block matmuls of the fused kernel. Rows ``[N, W]`` are ``E`` member blocks of ``N / E``
+# rows (member-major) when ``E`` is an int, with weights ``[E, O, I]``; ``E = None``: one block
+# with weights ``[O, I]``.
+def _linear_rows(bias: Tensor, x: Tensor, w_t: Tensor, E: int | None) -> Tensor:
+    """``x @ w_t + bias`` per block. Shapes: ``x [N, I]``, ``w_t [(E,) I, O]`` -> ``[N, O]``;
+    ``bias`` ``[O]``/``[N, O]`` (``E`` None) or ``[E, 1 or N/E, O]``."""
+    if E is None:
+        return torch.addmm(bias, x, w_t)
+    N = x.shape[0]
+    return torch.baddbmm(bias, x.view(E, N // E, x.shape[-1]), w_t).view(N, w_t.shape[-1])
+
+
+def _matmul_rows(x: Tensor, w: Tensor, E: int | None) -> Tensor:
+    """``x @ w`` per block. Shapes: ``x [N, O]``, ``w [(E,) O, I]`` -> ``[N, I]``."""
+    if E is None:
+        return x @ w
+    N = x.shape[0]
+    return torch.bmm(x.view(E, N // E, x.shape[-1]), w).view(N, w.shape[-1])
+
+
+def _add_outer_rows(acc: Tensor, gy: Tensor, x: Tensor, E: int | None) -> None:
+    """``acc += gy^T x`` per block (a weight gradient). Shapes: ``gy [N, O]``, ``x [N, I]``,
+    ``acc [(E,) O, I]``."""
+    if E is None:
+        acc.addmm_(gy.t(), x)
+    else:
+        M = x.shape[0] // E
+        acc.baddbmm_(gy.view(E, M, gy.shape[-1]).transpose(1, 2), x.view(E, M, x.shape[-1]))
+
+
+def _sum_rows(x: Tensor, E: int | None) -> Tensor:
+    """Sum over the rows of each block. Shapes: ``[N, W]`` -> ``[(E,) W]``."""
+    if E is None:
+        return x.sum(0)
+    return x.view(E, -1, x.shape[-1]).sum(1)
+
+
+def _to_channels(x: Tensor, E: int) -> Tensor:
+    """``[N, L]`` (``E`` blocks) -> ``[E L, N / E, 1]``: one batch entry per member and channel."""
+    N, L = x.shape
+    return x.view(E, N // E, L).transpose(1, 2).reshape(E * L, N // E, 1)
+
+
+def _from_channels(x: Tensor, E: int) -> Tensor:
+    """Inverse of :func:`_to_channels`: ``[E L, M, 1]`` -> ``[E M, L]``."""
+    EL, M = x.shape[:2]
+    L = EL // E
+    return x.view(E, L, M).transpose(1, 2).reshape(E * M, L)
+
+
 class _MLPSteps:
     """Forward and hand-written backward of one softplus drift MLP, one solver step at a time.
 
-    ``pre`` is the grid-known part of the first layer (``[H]`` or ``[..., U, H]``); its
-    gradient is accumulated per step and mapped back onto its shape by :meth:`grad_pre`.
+    ``pre`` is the grid-known part of the first layer (``[(E,) H]`` or ``[..., U, H]``); its
+    gradient is accumulated per step and mapped back onto its shape by :meth:`grads`. With
+    ``E`` (ensemble members) every parameter has a leading member dimension and the rows are
+    ``E`` member blocks.
     """
 
-    def __init__(self, pre: Tensor, params: list[Tensor], zb: torch.Size, N: int, U: int):
+    def __init__(self, pre: Tensor, params: list[Tensor], zb: torch.Size, N: int, U: int, E):
+        self.E = E
         self.w_z = params[0]
         n_lin = (len(params) - 1) // 2
         self.lin = [(params[1 + 2 * i], params[2 + 2 * i]) for i in range(n_lin)]
-        self.w_z_t = self.w_z.t()
-        self.lin_t = [(w.t(), b) for w, b in self.lin]
+        self.w_z_t = self.w_z.transpose(-1, -2)
+        bias = (lambda b: b) if E is None else (lambda b: b.unsqueeze(-2))
+        self.lin_t = [(w.transpose(-1, -2), bias(b)) for w, b in self.lin]
         self.pre_shape = pre.shape
-        H = self.w_z.shape[0]
-        self.per_step = pre.dim() >= 2
+        H = self.w_z.shape[-2]
+        self.per_step = pre.dim() - (E is not None) >= 2
         if self.per_step:
             self.pre_rows = pre.expand(zb + pre.shape[-2:]).movedim(-2, 0)  # [U, ..., H]
         else:
-            self.pre_2d = pre.expand(N, H)
+            self.pre_2d = pre.expand(N, H) if E is None else pre.unsqueeze(-2)
         self.zb, self.N, self.U, self.H = zb, N, U, H
         self.acts: list = []
 
     def forward(self, k: int, z: Tensor) -> Tensor:
-        pk = self.pre_rows[k].reshape(self.N, self.H) if self.per_step else self.pre_2d
-        a = torch.addmm(pk, z, self.w_z_t)
+        E = self.E
+        if self.per_step:
+            pk = self.pre_rows[k].reshape(self.N, self.H)
+            pk = pk if E is None else pk.view(E, self.N // E, self.H)
+        else:
+            pk = self.pre_2d
+        a = _linear_rows(pk, z, self.w_z_t, E)
         h = F.softplus(a)
         acts = [(a, h)]
         for w_t, b in self.lin_t[:-1]:
-            a = torch.addmm(b, h, w_t)
+            a = _linear_rows(b, h, w_t, E)
             h = F.softplus(a)
             acts.append((a, h))
         self.acts.append(acts)
         w_out_t, b_out = self.lin_t[-1]
-        return torch.addmm(b_out, h, w_out_t)
+        return _linear_rows(b_out, h, w_out_t, E)
 
     def start_backward(self) -> None:
         like = self.w_z
@@ -601,25 +662,26 @@ class _MLPSteps:
 
     def backward(self, k: int, z: Tensor, gf: Tensor) -> Tensor:
         """Accumulate parameter gradients of step ``k``; return the gradient wrt ``z``."""
+        E = self.E
         acts = self.acts[k]
         n_lin = len(self.lin)
         g_w, g_b = self.g_lin[-1]
-        g_w.addmm_(gf.t(), acts[-1][1])
-        g_b.add_(gf.sum(0))
-        gh = gf @ self.lin[-1][0]
+        _add_outer_rows(g_w, gf, acts[-1][1], E)
+        g_b.add_(_sum_rows(gf, E))
+        gh = _matmul_rows(gf, self.lin[-1][0], E)
         for i in reversed(range(n_lin)):
             ga = torch.sigmoid(acts[i][0]).mul_(gh)
             if i > 0:
                 g_w, g_b = self.g_lin[i - 1]
-                g_w.addmm_(ga.t(), acts[i - 1][1])
-                g_b.add_(ga.sum(0))
-                gh = ga @ self.lin[i - 1][0]
+                _add_outer_rows(g_w, ga, acts[i - 1][1], E)
+                g_b.add_(_sum_rows(ga, E))
+                gh = _matmul_rows(ga, self.lin[i - 1][0], E)
         if self.per_step:
             self.g_pre[k] = ga
         else:
             self.g_pre.add_(ga)
-        self.g_wz.addmm_(ga.t(), z)
-        return ga @ self.w_z
+        _add_outer_rows(self.g_wz, ga, z, E)
+        return _matmul_rows(ga, self.w_z, E)
 
     def grads(self) -> tuple[Tensor, list[Tensor]]:
         """``(grad of pre, [grad w_z, grad w, grad b, ...])``."""
@@ -627,15 +689,22 @@ class _MLPSteps:
             g = self.g_pre.view((self.U,) + self.zb + (self.H,)).movedim(0, -2)
             grad_pre = g.sum_to_size(self.pre_shape)
         else:
-            grad_pre = self.g_pre.sum(0)
+            grad_pre = _sum_rows(self.g_pre, self.E)
         flat = [self.g_wz] + [t for pair in self.g_lin for t in pair]
         return grad_pre, flat
 
 
 class _FusedEulerFn(torch.autograd.Function):
+    """The fused Euler–Maruyama node (see :func:`fused_euler_path`).
+
+    ``meta = (dts, lo, hi, n_lin, n_prior, E)``; ``E`` None: ordinary parameters; ``E`` an int:
+    every tensor has a leading member dimension ``E`` (the vmap rule of
+    :class:`_FusedEulerMembers` calls it so) and the matmuls are batched over members.
+    """
+
     @staticmethod
     def forward(ctx, meta, z0, scaled, pre, prior_pre, active, target, rate, *params):
-        dt_list, lo, hi, n_lin, n_prior = meta
+        dt_list, lo, hi, n_lin, n_prior, E = meta
         n_q = 1 + 2 * n_lin
         n_p = 1 + 2 * n_prior if n_prior else 0
         q_params, p_params = params[:n_q], params[n_q : n_q + n_p]
@@ -646,8 +715,8 @@ class _FusedEulerFn(torch.autograd.Function):
         N = zb.numel()
         z = z0.reshape(N, L)
         noise_steps = scaled.expand(zb + scaled.shape[-2:]).reshape(N, num_steps, L).unbind(1)
-        mlp_q = _MLPSteps(pre, list(q_params), zb, N, U)
-        mlp_p = _MLPSteps(prior_pre, list(p_params), zb, N, U) if n_prior else None
+        mlp_q = _MLPSteps(pre, list(q_params), zb, N, U, E)
+        mlp_p = _MLPSteps(prior_pre, list(p_params), zb, N, U, E) if n_prior else None
         act_steps = None
         if active is not None:
             act = active.expand(zb + active.shape[-1:]).reshape(N, U)
@@ -655,9 +724,11 @@ class _FusedEulerFn(torch.autograd.Function):
                 act_steps = act.unsqueeze(-1).unbind(1)  # U x [N, 1] bool
         tgt_steps = _per_step(target, zb, N, U)
         rate_steps = _per_step(rate, zb, N, U)
-        # Diffusion in [L, N, Hd] layout: per-dimension nets become batched matmuls.
-        w1t, b1t, w2t = w1.unsqueeze(1), b1.unsqueeze(1), w2.unsqueeze(-1)
-        ob = out_bias.view(L, 1, 1)
+        # Diffusion in [E L, N / E, Hd] layout: per-dimension nets become batched matmuls.
+        Ee = E or 1
+        Hd = w1.shape[-1]
+        w1t, b1t = w1.reshape(Ee * L, 1, Hd), b1.reshape(Ee * L, 1, Hd)
+        w2t, ob = w2.reshape(Ee * L, Hd, 1), out_bias.reshape(Ee * L, 1, 1)
         span = hi - lo
         states, drifts, diffs, prior_drifts = [z], [], [], []
         for k in range(num_steps):
@@ -669,9 +740,8 @@ class _FusedEulerFn(torch.autograd.Function):
                 prior_drifts.append(fp)
                 if act_steps is not None:
                     f = torch.where(act_steps[k], f, fp)
-            zt = z.t().unsqueeze(-1)  # [L, N, 1]
-            hd = F.softplus(torch.addcmul(b1t, zt, w1t))  # [L, N, Hd], not kept
-            g = torch.baddbmm(ob, hd, w2t).sigmoid_().mul_(span).add_(lo).squeeze(-1).t()
+            hd = F.softplus(torch.addcmul(b1t, _to_channels(z, Ee), w1t))  # not kept
+            g = _from_channels(torch.baddbmm(ob, hd, w2t).sigmoid_().mul_(span).add_(lo), Ee)
             z = torch.addcmul(torch.add(z, f, alpha=dt_list[k]), g, noise_steps[k])
             states.append(z)
             drifts.append(f)
@@ -685,7 +755,7 @@ class _FusedEulerFn(torch.autograd.Function):
         if mlp_p is not None:
             f_p = torch.stack(prior_drifts, 1).view(zb + (num_steps, L)) if num_steps else drift
         else:
-            f_p = z0.new_zeros(0)
+            f_p = z0.new_zeros(zb[:1] + (0,)) if E is not None else z0.new_zeros(0)
         ctx.meta = meta
         ctx.shapes = (zb, N, U, L)
         ctx.bridge_shapes = None if target is None else (target.shape, rate.shape)
@@ -695,7 +765,7 @@ class _FusedEulerFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_path, grad_drift, grad_diff, grad_prior):
-        dt_list, lo, hi, _, _ = ctx.meta
+        dt_list, lo, hi, _, _, E = ctx.meta
         zb, N, U, L = ctx.shapes
         w1, b1, w2, out_bias = ctx.saved_tensors
         states, diffs, noise_steps, mlp_q, mlp_p, act_steps, tgt_steps, rate_steps = ctx.cache
@@ -715,11 +785,14 @@ class _FusedEulerFn(torch.autograd.Function):
         if tgt_steps is not None:
             g_tgt = states[0].new_zeros(N, U, L)
             g_rate = states[0].new_zeros(N, U, L)
-        w1t, b1t = w1.unsqueeze(1), b1.unsqueeze(1)  # [L, 1, Hd]
-        w12 = (w1 * w2).unsqueeze(-1)  # [L, Hd, 1]
-        g_w1 = torch.zeros_like(w1).unsqueeze(1)  # [L, 1, Hd]
-        g_b1 = torch.zeros_like(b1)
-        g_w2 = torch.zeros_like(w2).unsqueeze(1)  # [L, 1, Hd]
+        Ee = E or 1
+        Hd = w1.shape[-1]
+        w1t, b1t = w1.reshape(Ee * L, 1, Hd), b1.reshape(Ee * L, 1, Hd)
+        w2r = w2.reshape(Ee * L, Hd)
+        w12 = (w1.reshape(Ee * L, Hd) * w2r).unsqueeze(-1)  # [E L, Hd, 1]
+        g_w1 = w1.new_zeros(Ee * L, 1, Hd)
+        g_b1 = w1.new_zeros(Ee * L, Hd)
+        g_w2 = w1.new_zeros(Ee * L, 1, Hd)
         g_ob = states[0].new_zeros(N, L)
         adj = gp[:, num_steps].clone()
         for k in reversed(range(num_steps)):
@@ -740,19 +813,20 @@ class _FusedEulerFn(torch.autograd.Function):
                 gz.addcmul_(gf, rate_steps[k], value=-1.0)
             if mlp_p is not None:
                 gz.add_(mlp_p.backward(k, z, gfp if gfp is not None else torch.zeros_like(gf)))
-            # Diffusion, [L, N, Hd] layout.
+            # Diffusion, [E L, N / E, Hd] layout.
             s = (diffs[k] - lo) / span
-            graw = (gg * span * s * (1.0 - s)).t().unsqueeze(-1)  # [L, N, 1]
-            z_row = z.t().unsqueeze(1)  # [L, 1, N]
-            # The pre-activation a = z * w1 + b1 [L, N, Hd] is recomputed, not kept: it would be
-            # the largest per-step memory of the pass (more than the reference's per step).
-            a = torch.addcmul(b1t, z_row.transpose(1, 2), w1t)
+            graw_rows = gg * span * s * (1.0 - s)  # [N, L]
+            graw = _to_channels(graw_rows, Ee)  # [E L, M, 1]
+            z_col = _to_channels(z, Ee)  # [E L, M, 1]
+            # The pre-activation a = z * w1 + b1 [E L, M, Hd] is recomputed, not kept: it would
+            # be the largest per-step memory of the pass (more than the reference's per step).
+            a = torch.addcmul(b1t, z_col, w1t)
             g_w2.baddbmm_(graw.transpose(1, 2), F.softplus(a))
             q = a.sigmoid_().mul_(graw)  # d loss / d a, over w2
-            g_b1.addcmul_(q.sum(1), w2)
-            g_w1.baddbmm_(z_row, q)
-            gz.add_(torch.bmm(q, w12).squeeze(-1).t())
-            g_ob.add_(graw.squeeze(-1).t())
+            g_b1.addcmul_(q.sum(1), w2r)
+            g_w1.baddbmm_(z_col.transpose(1, 2), q)
+            gz.add_(_from_channels(torch.bmm(q, w12), Ee))
+            g_ob.add_(graw_rows)
             adj = adj.add_(gz).add_(gp[:, k])
         grad_pre, q_flat = mlp_q.grads()
         grad_prior_pre, p_flat = (None, [])
@@ -763,7 +837,7 @@ class _FusedEulerFn(torch.autograd.Function):
             t_shape, r_shape = ctx.bridge_shapes
             grad_tgt = g_tgt.view(zb + (U, L)).sum_to_size(t_shape)
             grad_rate = g_rate.view(zb + (U, L)).sum_to_size(r_shape)
-        g_w1 = g_w1.squeeze(1).mul_(w2)
+        g_w1 = g_w1.squeeze(1).mul_(w2r)
         return (
             None,
             adj.view(zb + (L,)),
@@ -775,8 +849,48 @@ class _FusedEulerFn(torch.autograd.Function):
             grad_rate,
             *q_flat,
             *p_flat,
-            g_w1,
-            g_b1,
-            g_w2.squeeze(1),
-            g_ob.sum(0),
+            g_w1.view(w1.shape),
+            g_b1.view(b1.shape),
+            g_w2.view(w2.shape),
+            _sum_rows(g_ob, E).view(out_bias.shape),
         )
+
+
+class _FusedEulerMembers(torch.autograd.Function):
+    """:class:`_FusedEulerFn` under ``torch.func.vmap`` (ensemble members stacked by
+    :class:`~bayesdyn.models.MemberStack`): its vmap rule moves the member dimension of every
+    input to the front (expanding unbatched ones) and runs the kernel once for all members,
+    which the ordinary autograd graph outside vmap then differentiates.
+
+    Only the vmap rule is meant to run: called outside vmap it raises.
+    """
+
+    @staticmethod
+    def forward(meta, z0, scaled, pre, prior_pre, active, target, rate, *params):
+        raise RuntimeError("_FusedEulerMembers runs only under torch.func.vmap")
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, *grads):  # pragma: no cover - forward never runs unbatched
+        raise RuntimeError("_FusedEulerMembers runs only under torch.func.vmap")
+
+    @staticmethod
+    def vmap(info, in_dims, meta, *args):
+        E = info.batch_size
+
+        def members_first(x, d):
+            if x is None:
+                return None
+            return x.movedim(d, 0) if d is not None else x.expand((E,) + x.shape)
+
+        args = [members_first(x, d) for x, d in zip(args, in_dims[1:], strict=True)]
+        if any(x is not None and under_functorch(x) for x in args):
+            raise BayesdynValueError(
+                "fused_euler_path: nested torch.func transforms (vmap inside vmap) are not "
+                "supported by the fused kernel"
+            )
+        out = _FusedEulerFn.apply(meta[:-1] + (E,), *args)
+        return out, (0, 0, 0, 0)
