@@ -40,6 +40,7 @@ from .nets import (
     FirstKEncoder,
     GaussianDecoder,
     GRUEncoder,
+    RowFeatures,
     StudentTDecoder,
     fused_euler_path,
 )
@@ -224,7 +225,12 @@ class _BoundSDE(AbstractSDE):
     (context, covariates, time) at each grid point; ``active`` says where the posterior drift
     applies (before each series' last observation); elsewhere the prior drift is used.
 
-    Shapes: ``pre [B, 1, U, H]`` (or ``[H]``), ``active [B, 1, U]`` (posterior only).
+    With ``rows`` (:class:`~bayesdyn.models.nets.RowFeatures`) the features are ``pre +
+    rows.dense()``: the fused training pass gathers them step by step, and ``pre`` (the whole
+    grid tensor) is only materialised if a generic path asks for it.
+
+    Shapes: ``pre [B, 1, U, H]`` (or ``[H]``), ``active [B, 1, U]`` (posterior only),
+    ``rows.per_row [B, 1, T, H]``, ``rows.index [B, 1, U]``.
     """
 
     def __init__(
@@ -236,6 +242,7 @@ class _BoundSDE(AbstractSDE):
         prior: _BoundSDE | None = None,
         active: Tensor | None = None,
         bridge: tuple[Tensor, Tensor] | None = None,
+        rows: RowFeatures | None = None,
     ):
         super().__init__(drift.state_dim)
         # Plain attributes, not submodules: a bound SDE is a view of the LatentSDE's nets.
@@ -243,12 +250,18 @@ class _BoundSDE(AbstractSDE):
         object.__setattr__(self, "_diffusion", diffusion)
         object.__setattr__(self, "_prior", prior)
         self.grid = grid
-        self.pre = pre
+        self._base = pre
+        self.rows = rows
         self._weights = drift.bind()
         # Guiding term (target - z) * rate towards the next observation; see LatentSDE.
         self.bridge = bridge
         self.active = active
         self._all_active = None if active is None else active.all(0).all(0).tolist()
+
+    @functools.cached_property
+    def pre(self) -> Tensor:
+        """All first-layer features on the grid: ``[B, 1, U, H]`` or ``[H]``."""
+        return self._base if self.rows is None else self._base + self.rows.dense()
 
     # Per-step views for the generic loop (:meth:`step`), made on first use: the fused
     # training pass reads the whole tensors and never needs them.
@@ -295,21 +308,25 @@ class _BoundSDE(AbstractSDE):
         if self._prior is not None:
             prior = (self._prior._drift, self._prior.pre)
             active = None if all(self._all_active[:-1]) else self.active
+        pre, rows = self._base, self.rows
         out = fused_euler_path(
             self._drift,
             self._diffusion,
             z0,
-            self.pre,
+            pre,
             grid,
             noise,
             prior=prior,
             active=active,
             bridge=self.bridge,
+            rows=rows,
         )
         if out is None and prior is not None:
             # An unsupported prior net: fuse the posterior alone where nothing needs the prior.
             if self.bridge is None and active is None:
-                out = fused_euler_path(self._drift, self._diffusion, z0, self.pre, grid, noise)
+                out = fused_euler_path(
+                    self._drift, self._diffusion, z0, pre, grid, noise, rows=rows
+                )
         return out
 
     def same_prior(self, other: AbstractSDE) -> bool:
@@ -323,6 +340,8 @@ class _BoundSDE(AbstractSDE):
             return False
         if other.grid.shape != p.grid.shape or not torch.equal(other.grid, p.grid):
             return False
+        if other.rows is not None or p.rows is not None:
+            return other is p
         a, b = other.pre, p.pre
         return a is b or (a.shape == b.shape and bool(torch.equal(a, b)))
 
@@ -507,16 +526,20 @@ class LatentSDE(ConfigCheckpoint, PyroModule):
         )
         return torch.minimum(nxt, (batch.lengths - 1).unsqueeze(-1))
 
-    def _posterior_features(self, batch, grid: Tensor, context: Tensor, nxt: Tensor) -> Tensor:
+    def _posterior_features(
+        self, batch, grid: Tensor, context: Tensor, nxt: Tensor
+    ) -> tuple[Tensor, RowFeatures]:
         """First-layer contribution of everything the posterior drift reads besides the state.
 
         The posterior drift reads the grid inputs (time, covariates), the context of the next
         observation and, with ``next_obs_features``, that observation's masked values, its
         mask and the time left until it. Context and values are piecewise constant between
         observations, so their part of the first layer is computed once per observation row
-        (``[B, T, H]``) and gathered to the grid, not once per grid point.
+        (``[B, T, H]``) and kept factored (:class:`~bayesdyn.models.nets.RowFeatures`: gathered
+        to the grid by the solver, one step at a time), not once per grid point.
 
-        Shapes: ``context [B, T, C]``, ``nxt [B, U]`` -> ``[B, U, H]``.
+        Shapes: ``context [B, T, C]``, ``nxt [B, U]`` -> ``(pre [H] or [B, U, H], rows)``
+        with ``rows.per_row [B, T, H]``, ``rows.index [B, U]``, ``rows.tau [B, U, 1]``.
         """
         W, b = self.post_drift.first.weight, self.post_drift.first.bias
         col = self.config.latent_dim
@@ -531,11 +554,10 @@ class LatentSDE(ConfigCheckpoint, PyroModule):
             rows = torch.cat([context, batch.values * m, m], -1)
         per_row = F.linear(rows, W[:, col : col + rows.shape[-1]])  # [B, T, H]
         col += rows.shape[-1]
-        pre = pre + torch.gather(per_row, 1, nxt.unsqueeze(-1).expand(-1, -1, per_row.shape[-1]))
-        if self.config.next_obs_features:
-            tau = (torch.gather(batch.times, 1, nxt) - grid).clamp(min=0).unsqueeze(-1)
-            pre = pre + tau.to(pre.dtype) * W[:, col]
-        return pre
+        if not self.config.next_obs_features:
+            return pre, RowFeatures(per_row, nxt)
+        tau = (torch.gather(batch.times, 1, nxt) - grid).clamp(min=0).unsqueeze(-1)
+        return pre, RowFeatures(per_row, nxt, tau.to(per_row.dtype), W[:, col])
 
     @staticmethod
     def _next_values(batch, grid: Tensor, nxt: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -574,13 +596,23 @@ class LatentSDE(ConfigCheckpoint, PyroModule):
     def posterior_sde(self, batch, grid: Tensor, context: Tensor) -> AbstractSDE:
         """The posterior SDE bound to ``grid``, reading ``context [B, T, C]``."""
         nxt = self._next_obs(batch, grid)
-        pre = self._posterior_features(batch, grid, context, nxt).unsqueeze(1)
+        pre, rows = self._posterior_features(batch, grid, context, nxt)
+        pre = pre.unsqueeze(1) if pre.dim() > 1 else pre  # [B, 1, U, H]: time-plate singleton
+        tau = None if rows.tau is None else rows.tau.unsqueeze(1)
+        rows = RowFeatures(rows.per_row.unsqueeze(1), rows.index.unsqueeze(1), tau, rows.w_tau)
         last = batch.times.gather(1, (batch.lengths - 1).unsqueeze(-1))  # [B, 1]
         active = (grid.unsqueeze(0) < last).unsqueeze(1)  # [B, 1, U]
         prior = self.prior_sde(batch, grid)
         bridge = self._bridge(batch, grid, nxt, active) if self.config.bridge else None
         return _BoundSDE(
-            self.post_drift, self.diffusion, grid, pre, prior=prior, active=active, bridge=bridge
+            self.post_drift,
+            self.diffusion,
+            grid,
+            pre,
+            prior=prior,
+            active=active,
+            bridge=bridge,
+            rows=rows,
         )
 
     def encode(self, batch) -> Tensor:

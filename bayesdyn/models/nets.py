@@ -9,6 +9,7 @@ what keeps the hot loop lean (see DESIGN.md, performance notes).
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import pyro.distributions as dist
 import torch
@@ -25,6 +26,7 @@ __all__ = [
     "FirstKEncoder",
     "GRUEncoder",
     "GaussianDecoder",
+    "RowFeatures",
     "StudentTDecoder",
 ]
 
@@ -487,6 +489,35 @@ def _mlp_params(drift: DriftNet, layers: list[nn.Linear]) -> list[Tensor]:
     return params
 
 
+class RowFeatures(NamedTuple):
+    """First-layer features that are constant between observations, in factored form.
+
+    At grid point ``k`` of series ``b`` the features are ``per_row[b, index[b, k]] + tau[b, k]
+    * w_tau``: a per-observation-row part (e.g. the encoder context of the next observation)
+    gathered to the grid plus a part linear in a per-grid-point scalar (e.g. the time left
+    until that observation). Kept factored, a ``[..., U, H]`` tensor is never materialised
+    (the fused kernel gathers one row per step); :meth:`dense` materialises it.
+
+    Shapes: ``per_row [..., T, H]``, ``index [..., U]`` (int64, into ``T``), ``tau [..., U, 1]``
+    and ``w_tau [H]`` (both or neither) -> :meth:`dense` ``[..., U, H]``.
+    """
+
+    per_row: Tensor
+    index: Tensor
+    tau: Tensor | None = None
+    w_tau: Tensor | None = None
+
+    def dense(self) -> Tensor:
+        """The features on the grid. Shapes: ``[..., U, H]``."""
+        idx = self.index.unsqueeze(-1)
+        shape = torch.broadcast_shapes(idx.shape[:-2], self.per_row.shape[:-2])
+        rows = self.per_row.expand(shape + self.per_row.shape[-2:])
+        out = torch.gather(rows, -2, idx.expand(shape + idx.shape[-2:-1] + rows.shape[-1:]))
+        if self.tau is not None:
+            out = out + self.tau * self.w_tau
+        return out
+
+
 def fused_euler_path(
     drift: DriftNet,
     diffusion: DiagonalDiffusion,
@@ -498,6 +529,7 @@ def fused_euler_path(
     prior: tuple[DriftNet, Tensor] | None = None,
     active: Tensor | None = None,
     bridge: tuple[Tensor, Tensor] | None = None,
+    rows: RowFeatures | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None] | None:
     """Euler–Maruyama for softplus :class:`DriftNet` s and a :class:`DiagonalDiffusion` in one
     autograd node with a hand-written backward pass (backprop through the steps by hand).
@@ -512,6 +544,9 @@ def fused_euler_path(
     in the same pass. Under ``torch.func.vmap`` over stacked ensemble members (see
     :class:`~bayesdyn.models.MemberStack`) the same kernel runs once for all members, with
     batched matmuls over the member dimension (its vmap rule).
+
+    With ``rows`` the posterior's first-layer features are ``pre + rows.dense()`` (see
+    :class:`RowFeatures`), gathered step by step instead of materialised on the grid.
 
     Returns None where it does not apply (other activations, ``stable`` drift, constant
     diffusion), so callers fall back to the generic loop.
@@ -542,10 +577,24 @@ def fused_euler_path(
     scaled = noise * dts.sqrt().unsqueeze(-1)
     target, rate = bridge if bridge is not None else (None, None)
     meta = (dts.tolist(), diffusion.min_scale, diffusion.max_scale, len(layers), n_prior, None)
-    # Under vmap over ensemble members the member dimension is handed to the kernel itself.
-    fn = _FusedEulerMembers if under_functorch(z0) else _FusedEulerFn
-    path, f, g, f_p = fn.apply(meta, z0, scaled, pre, prior_pre, active, target, rate, *params)
+    if rows is not None and rows.tau is not None and rows.tau.requires_grad:
+        raise BayesdynValueError("fused_euler_path: rows.tau must not require gradients")
+    r = (None,) * 4 if rows is None else (rows.per_row, rows.index, rows.tau, rows.w_tau)
+    fn = _FusedEulerFn
+    if torch._C._are_functorch_transforms_active():
+        # Under vmap over ensemble members the member dimension is handed to the kernel
+        # itself (its vmap rule); under other transforms the generic loop runs.
+        inputs = (z0, scaled, pre, prior_pre, active, target, rate, *r, *params)
+        if not any(t is not None and _is_batched(t) for t in inputs):
+            return None
+        fn = _FusedEulerMembers
+    path, f, g, f_p = fn.apply(meta, z0, scaled, pre, prior_pre, active, target, rate, *r, *params)
     return path, f, g, (f_p if prior is not None else None)
+
+
+def _is_batched(t: Tensor) -> bool:
+    """True for a ``torch.func.vmap`` batched tensor."""
+    return torch._C._functorch.is_batchedtensor(t)
 
 
 def _per_step(x: Tensor | None, zb: torch.Size, N: int, U: int) -> list[Tensor] | None:
@@ -614,7 +663,9 @@ class _MLPSteps:
     ``E`` member blocks.
     """
 
-    def __init__(self, pre: Tensor, params: list[Tensor], zb: torch.Size, N: int, U: int, E):
+    def __init__(
+        self, pre: Tensor, params: list[Tensor], zb: torch.Size, N: int, U: int, E, rows=None
+    ):
         self.E = E
         self.w_z = params[0]
         n_lin = (len(params) - 1) // 2
@@ -631,6 +682,29 @@ class _MLPSteps:
             self.pre_2d = pre.expand(N, H) if E is None else pre.unsqueeze(-2)
         self.zb, self.N, self.U, self.H = zb, N, U, H
         self.acts: list = []
+        self.rows = None
+        if rows is not None:  # factored features (RowFeatures): one gathered row per step
+            per_row, index, tau, w_tau = rows
+            T = per_row.shape[-2]
+            self.row_shape = per_row.shape
+            self.rows = per_row.expand(zb + per_row.shape[-2:]).reshape(N, T, H)
+            ix = index.expand(zb + index.shape[-1:]).reshape(N, U)
+            self.row_index = ix.unsqueeze(-1).unsqueeze(-1).expand(N, U, 1, H).unbind(1)
+            self.tau_steps = _per_step(tau, zb, N, U)
+            self.w_tau = w_tau
+            if w_tau is not None:
+                self.w_tau_b = w_tau if E is None else w_tau.unsqueeze(-2)  # [H] or [E, 1, H]
+
+    def _row_features(self, k: int) -> Tensor:
+        """``per_row[index_k] + tau_k w_tau`` of step ``k``. Shapes: ``[N, H]``."""
+        f = torch.gather(self.rows, 1, self.row_index[k]).view(self.N, self.H)
+        if self.w_tau is None:
+            return f
+        if self.E is None:
+            return torch.addcmul(f, self.tau_steps[k], self.w_tau_b)
+        E, M = self.E, self.N // self.E
+        tk = self.tau_steps[k].view(E, M, 1)
+        return torch.addcmul(f.view(E, M, self.H), tk, self.w_tau_b).view(self.N, self.H)
 
     def forward(self, k: int, z: Tensor) -> Tensor:
         E = self.E
@@ -639,6 +713,9 @@ class _MLPSteps:
             pk = pk if E is None else pk.view(E, self.N // E, self.H)
         else:
             pk = self.pre_2d
+        if self.rows is not None:
+            rk = self._row_features(k)
+            pk = rk + pk if E is None else rk.view(pk.shape[:-2] + (-1, self.H)) + pk
         a = _linear_rows(pk, z, self.w_z_t, E)
         h = F.softplus(a)
         acts = [(a, h)]
@@ -659,6 +736,10 @@ class _MLPSteps:
             self.g_pre[self.U - 1].zero_()
         else:
             self.g_pre = like.new_zeros(self.N, self.H)
+        if self.rows is not None:
+            self.g_rows = torch.zeros_like(self.rows)
+            if self.w_tau is not None:
+                self.g_w_tau = self.w_tau.new_zeros(self.w_tau.shape[:-1] + (1, self.H))
 
     def backward(self, k: int, z: Tensor, gf: Tensor) -> Tensor:
         """Accumulate parameter gradients of step ``k``; return the gradient wrt ``z``."""
@@ -680,6 +761,10 @@ class _MLPSteps:
             self.g_pre[k] = ga
         else:
             self.g_pre.add_(ga)
+        if self.rows is not None:
+            self.g_rows.scatter_add_(1, self.row_index[k], ga.unsqueeze(1))
+            if self.w_tau is not None:
+                _add_outer_rows(self.g_w_tau, self.tau_steps[k], ga, E)
         _add_outer_rows(self.g_wz, ga, z, E)
         return _matmul_rows(ga, self.w_z, E)
 
@@ -693,6 +778,15 @@ class _MLPSteps:
         flat = [self.g_wz] + [t for pair in self.g_lin for t in pair]
         return grad_pre, flat
 
+    def row_grads(self) -> tuple[Tensor | None, Tensor | None]:
+        """Gradients of ``per_row`` and ``w_tau`` of the factored features (None without)."""
+        if self.rows is None:
+            return None, None
+        T = self.rows.shape[1]
+        g_rows = self.g_rows.view(self.zb + (T, self.H)).sum_to_size(self.row_shape)
+        g_w = None if self.w_tau is None else self.g_w_tau.view(self.w_tau.shape)
+        return g_rows, g_w
+
 
 class _FusedEulerFn(torch.autograd.Function):
     """The fused Euler–Maruyama node (see :func:`fused_euler_path`).
@@ -703,8 +797,10 @@ class _FusedEulerFn(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, meta, z0, scaled, pre, prior_pre, active, target, rate, *params):
+    def forward(ctx, meta, z0, scaled, pre, prior_pre, active, target, rate, *rest):
         dt_list, lo, hi, n_lin, n_prior, E = meta
+        rows, params = rest[:4], rest[4:]
+        rows = None if rows[0] is None else rows
         n_q = 1 + 2 * n_lin
         n_p = 1 + 2 * n_prior if n_prior else 0
         q_params, p_params = params[:n_q], params[n_q : n_q + n_p]
@@ -715,7 +811,7 @@ class _FusedEulerFn(torch.autograd.Function):
         N = zb.numel()
         z = z0.reshape(N, L)
         noise_steps = scaled.expand(zb + scaled.shape[-2:]).reshape(N, num_steps, L).unbind(1)
-        mlp_q = _MLPSteps(pre, list(q_params), zb, N, U, E)
+        mlp_q = _MLPSteps(pre, list(q_params), zb, N, U, E, rows)
         mlp_p = _MLPSteps(prior_pre, list(p_params), zb, N, U, E) if n_prior else None
         act_steps = None
         if active is not None:
@@ -829,6 +925,7 @@ class _FusedEulerFn(torch.autograd.Function):
             g_ob.add_(graw_rows)
             adj = adj.add_(gz).add_(gp[:, k])
         grad_pre, q_flat = mlp_q.grads()
+        g_rows, g_w_tau = mlp_q.row_grads()
         grad_prior_pre, p_flat = (None, [])
         if mlp_p is not None:
             grad_prior_pre, p_flat = mlp_p.grads()
@@ -847,6 +944,10 @@ class _FusedEulerFn(torch.autograd.Function):
             None,
             grad_tgt,
             grad_rate,
+            g_rows,
+            None,
+            None,
+            g_w_tau,
             *q_flat,
             *p_flat,
             g_w1.view(w1.shape),

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from bayesdyn import LatentSDE
-from bayesdyn.models.nets import fused_euler_path
+from bayesdyn.models.nets import RowFeatures, fused_euler_path
+from bayesdyn.models.stacked import MemberStack
 from bayesdyn.solvers import euler_maruyama
 from tests.common import ragged_batch
 
@@ -79,6 +80,63 @@ def test_fused_gradient_matches_finite_differences():
 
     # fast_mode compares random projections v^T J u of the two Jacobians (Chen et al.).
     assert torch.autograd.gradcheck(fn, (z0, pre, prior_pre, target, rate), fast_mode=True)
+
+
+def test_fused_gradient_matches_finite_differences_with_factored_row_features():
+    """gradcheck of the fused node in the factored features (rows gathered per step)."""
+    model, post, prior, grid, z0, noise = _setup(bridge=False, time_input=False)
+    rows = post.rows
+    assert rows is not None and rows.tau is not None  # the posterior keeps them factored
+    per_row = rows.per_row.detach().clone().requires_grad_()
+    w_tau = rows.w_tau.detach().clone().requires_grad_()
+    base = post._base.detach().clone().requires_grad_()
+    z0 = z0.detach().clone().requires_grad_()
+
+    def fn(z0, base, per_row, w_tau):
+        r = RowFeatures(per_row, rows.index, rows.tau, w_tau)
+        out = fused_euler_path(
+            model.post_drift, model.diffusion, z0, base, grid, noise,
+            prior=(model.prior_drift, prior.pre), active=post.active, rows=r,
+        )  # fmt: skip
+        return tuple(out)
+
+    assert torch.autograd.gradcheck(fn, (z0, base, per_row, w_tau), fast_mode=True)
+    # The factored features are the dense ones.
+    dense = RowFeatures(per_row, rows.index, rows.tau, w_tau).dense() + base
+    torch.testing.assert_close(post.pre, dense.detach(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("bridge", [False, True])
+def test_fused_kernel_under_vmap_over_members_equals_each_member(bridge):
+    """Stacked members (vmap rule: one kernel call, batched matmuls) = each member alone."""
+    model, post, prior, grid, z0, noise = _setup(bridge, time_input=True)
+    torch.manual_seed(5)
+    other = LatentSDE(
+        2, latent_dim=3, hidden_dim=6, context_dim=2, dt=0.2, diffusion_hidden_dim=5,
+        bridge=bridge, time_input=True,
+    )  # fmt: skip
+    members = [model, other]
+    stack = MemberStack(members)
+    batch = ragged_batch(B=3, T=5)
+    z0 = z0.detach()
+    w = torch.randn(4)
+
+    def run(m):
+        post = m.posterior_sde(batch, grid, m.encode(batch))
+        out = post.sample_path(z0, grid, noise)
+        return sum(wi * o.square().sum() for wi, o in zip(w, out, strict=True))
+
+    stacked = stack.vmap(run)  # [E]
+    grads = torch.autograd.grad(stacked.sum(), list(stack.params.values()), allow_unused=True)
+    for k, m in enumerate(members):
+        params = dict(m.named_parameters())
+        loss = run(m)
+        torch.testing.assert_close(stacked[k], loss, rtol=1e-12, atol=1e-12)
+        ref = torch.autograd.grad(loss, [params[n] for n in stack.params], allow_unused=True)
+        for name, g, r in zip(stack.params, grads, ref, strict=True):
+            assert (g is None) == (r is None), name  # unused by both (e.g. decoder) or neither
+            if g is not None:
+                torch.testing.assert_close(g[k], r, rtol=1e-10, atol=1e-12, msg=name)
 
 
 def test_path_kl_reuses_the_fused_prior_drift():
