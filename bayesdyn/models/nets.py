@@ -296,22 +296,34 @@ def gru_sequence(gru: nn.GRU, x: Tensor) -> Tensor:
     """
     if gru.num_layers != 1 or gru.bidirectional or not gru.batch_first or not gru.bias:
         return gru(x)[0]
-    return _GRUFn.apply(x, gru.weight_ih_l0, gru.weight_hh_l0, gru.bias_ih_l0, gru.bias_hh_l0)
+    args = (x, gru.weight_ih_l0, gru.weight_hh_l0, gru.bias_ih_l0, gru.bias_hh_l0)
+    if torch._C._are_functorch_transforms_active():
+        if not any(_is_batched(a) for a in args):
+            return gru(x)[0]
+        return _GRUMembers.apply(*args)  # vmap over ensemble members: one batched GRU
+    return _GRUFn.apply(None, *args)
 
 
 class _GRUFn(torch.autograd.Function):
+    """The GRU node of :func:`gru_sequence`. ``E`` None: ordinary weights; ``E`` an int: every
+    input has a leading member dimension (the vmap rule of :class:`_GRUMembers` calls it so)
+    and the matmuls are batched over members. Rows of the recurrence are member-major."""
+
     # PyTorch's gate order and form: r, z, n;
     # n = tanh(W_in x + b_in + r * (W_hn h + b_hn)); h' = (1 - z) * n + z * h.
     @staticmethod
-    def forward(ctx, x, w_ih, w_hh, b_ih, b_hh):
-        B, T, _ = x.shape
-        H = w_hh.shape[1]
-        xi = torch.addmm(b_ih, x.reshape(B * T, -1), w_ih.t()).view(B, T, 3 * H)
-        h = x.new_zeros(B, H)
+    def forward(ctx, E, x, w_ih, w_hh, b_ih, b_hh):
+        *lead, T, n_in = x.shape
+        NB = math.prod(lead)  # E B rows (member-major) or B
+        H = w_hh.shape[-1]
+        bias = (lambda b: b) if E is None else (lambda b: b.unsqueeze(-2))
+        xi = _linear_rows(bias(b_ih), x.reshape(NB * T, n_in), w_ih.transpose(-1, -2), E)
+        xi = xi.view(NB, T, 3 * H)
+        h = x.new_zeros(NB, H)
         outs, rzs, ns, hns = [], [], [], []
-        w_hh_t = w_hh.t()
+        w_hh_t, b_hh_b = w_hh.transpose(-1, -2), bias(b_hh)
         for t in range(T):
-            hh = torch.addmm(b_hh, h, w_hh_t)
+            hh = _linear_rows(b_hh_b, h, w_hh_t, E)
             rz = torch.sigmoid(xi[:, t, : 2 * H] + hh[:, : 2 * H])
             hn = hh[:, 2 * H :]
             n = torch.tanh(torch.addcmul(xi[:, t, 2 * H :], rz[:, :H], hn))
@@ -320,23 +332,26 @@ class _GRUFn(torch.autograd.Function):
             rzs.append(rz)
             ns.append(n)
             hns.append(hn)
-        out = torch.stack(outs, 1)
+        out = torch.stack(outs, 1)  # [NB, T, H]
+        ctx.E = E
         ctx.save_for_backward(x, w_ih, w_hh, out)
         ctx.gates = (rzs, ns, hns)
-        return out
+        return out.view(tuple(lead) + (T, H))
 
     @staticmethod
     def backward(ctx, grad_out):
         x, w_ih, w_hh, out = ctx.saved_tensors
+        E = ctx.E
         rzs, ns, hns = ctx.gates
-        B, T, H = out.shape
+        NB, T, H = out.shape
+        grad_out = grad_out.reshape(NB, T, H)
         # Per step: the gradient of the input projection (r, z, n pre-activations) and of the
         # recurrent n-projection; the recurrent r, z parts equal the input ones.
-        d_xi = out.new_empty(T, B, 3 * H)
-        d_hn = out.new_empty(T, B, H)
-        w_hh_rz, w_hh_n = w_hh[: 2 * H], w_hh[2 * H :]
-        carry = out.new_zeros(B, H)
-        zero = out.new_zeros(B, H)
+        d_xi = out.new_empty(T, NB, 3 * H)
+        d_hn = out.new_empty(T, NB, H)
+        w_hh_rz, w_hh_n = w_hh[..., : 2 * H, :], w_hh[..., 2 * H :, :]
+        carry = out.new_zeros(NB, H)
+        zero = out.new_zeros(NB, H)
         grad_steps = grad_out.unbind(1)
         for t in reversed(range(T)):
             rz, n = rzs[t], ns[t]
@@ -350,21 +365,80 @@ class _GRUFn(torch.autograd.Function):
             d_rz = d_xi[t, :, : 2 * H]
             d_rz.mul_(rz - rz * rz)
             torch.mul(dn_pre, rz[:, :H], out=d_hn[t])
-            carry = torch.addmm(torch.addmm(gh * z, d_rz, w_hh_rz), d_hn[t], w_hh_n)
-        h_prev_all = torch.cat([zero.unsqueeze(0), out.transpose(0, 1)[:-1]], 0)
-        h_prev_all = h_prev_all.reshape(T * B, H)
-        d_xi2 = d_xi.view(T * B, 3 * H)
-        d_hn2 = d_hn.view(T * B, H)
-        x2 = x.transpose(0, 1).reshape(T * B, -1)  # rows in the same (t, b) order
+            carry = (gh * z).add_(_matmul_rows(d_rz, w_hh_rz, E))
+            carry.add_(_matmul_rows(d_hn[t], w_hh_n, E))
+        # Weight gradients: one matmul per member over all (t, b) rows.
+        Ee = E or 1
+        B = NB // Ee
+        h_prev_all = torch.cat([zero.unsqueeze(0), out.transpose(0, 1)[:-1]], 0)  # [T, NB, H]
+
+        def by_member(a):  # [T, NB, W] -> [Ee, T B, W], rows in (t, b) order
+            return a.reshape(T, Ee, B, a.shape[-1]).transpose(0, 1).reshape(Ee, T * B, -1)
+
+        d_xi2, d_hn2, h2 = by_member(d_xi), by_member(d_hn), by_member(h_prev_all)
+        x2 = by_member(x.reshape(NB, T, -1).transpose(0, 1))
+        w_ih_e = w_ih.view((Ee,) + w_ih.shape[-2:])
         grad_x = None
-        if ctx.needs_input_grad[0]:
-            grad_x = (d_xi2 @ w_ih).view(T, B, -1).transpose(0, 1)
-        grad_w_ih = (x2.t() @ d_xi2).t()  # the fast orientation (see gru_sequence)
-        h_t = h_prev_all.t()
-        grad_w_hh = torch.cat([(h_t @ d_xi2[:, : 2 * H]).t(), (h_t @ d_hn2).t()], 0)
-        sum_xi = d_xi2.sum(0)
-        grad_b_hh = torch.cat([sum_xi[: 2 * H], d_hn2.sum(0)])
-        return grad_x, grad_w_ih, grad_w_hh, sum_xi, grad_b_hh
+        if ctx.needs_input_grad[1]:
+            gx = torch.bmm(d_xi2, w_ih_e).view(Ee, T, B, -1).transpose(1, 2)
+            grad_x = gx.reshape(x.shape)
+        grad_w_ih = torch.bmm(x2.transpose(1, 2), d_xi2).transpose(1, 2)  # fast orientation
+        h_t = h2.transpose(1, 2)
+        grad_w_hh = torch.cat(
+            [
+                torch.bmm(h_t, d_xi2[..., : 2 * H]).transpose(1, 2),
+                torch.bmm(h_t, d_hn2).transpose(1, 2),
+            ],
+            1,
+        )
+        sum_xi = d_xi2.sum(1)
+        grad_b_hh = torch.cat([sum_xi[..., : 2 * H], d_hn2.sum(1)], -1)
+        return (
+            None,
+            grad_x,
+            grad_w_ih.reshape(w_ih.shape),
+            grad_w_hh.reshape(w_hh.shape),
+            sum_xi.reshape(w_hh.shape[:-2] + (3 * H,)),
+            grad_b_hh.reshape(w_hh.shape[:-2] + (3 * H,)),
+        )
+
+
+class _GRUMembers(torch.autograd.Function):
+    """:class:`_GRUFn` under ``torch.func.vmap`` over stacked ensemble members: its vmap rule
+    moves the member dimension to the front and runs the GRU once for all members. Only the
+    vmap rule is meant to run."""
+
+    @staticmethod
+    def forward(x, w_ih, w_hh, b_ih, b_hh):
+        raise RuntimeError("_GRUMembers runs only under torch.func.vmap")
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, *grads):  # pragma: no cover - forward never runs unbatched
+        raise RuntimeError("_GRUMembers runs only under torch.func.vmap")
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        args = _members_first(info.batch_size, args, in_dims)
+        return _GRUFn.apply(info.batch_size, *args), 0
+
+
+def _members_first(E: int, args, in_dims) -> list:
+    """Inputs of a vmap rule with the member dimension first (unbatched ones expanded)."""
+    out = []
+    for x, d in zip(args, in_dims, strict=True):
+        if x is not None:
+            x = x.movedim(d, 0) if d is not None else x.expand((E,) + x.shape)
+            if under_functorch(x):
+                raise BayesdynValueError(
+                    "nested torch.func transforms (vmap inside vmap) are not supported by the "
+                    "fused kernels"
+                )
+        out.append(x)
+    return out
 
 
 class FirstKEncoder(nn.Module):
@@ -687,9 +761,11 @@ class _MLPSteps:
             per_row, index, tau, w_tau = rows
             T = per_row.shape[-2]
             self.row_shape = per_row.shape
-            self.rows = per_row.expand(zb + per_row.shape[-2:]).reshape(N, T, H)
+            # Rows of all series flattened to [N T, H]; step k reads row n T + index[n, k].
+            self.rows = per_row.expand(zb + per_row.shape[-2:]).reshape(N * T, H)
             ix = index.expand(zb + index.shape[-1:]).reshape(N, U)
-            self.row_index = ix.unsqueeze(-1).unsqueeze(-1).expand(N, U, 1, H).unbind(1)
+            offset = torch.arange(N, device=ix.device).mul_(T).unsqueeze(-1)
+            self.row_index = (ix + offset).t().unbind(0)  # U x [N]
             self.tau_steps = _per_step(tau, zb, N, U)
             self.w_tau = w_tau
             if w_tau is not None:
@@ -697,7 +773,7 @@ class _MLPSteps:
 
     def _row_features(self, k: int) -> Tensor:
         """``per_row[index_k] + tau_k w_tau`` of step ``k``. Shapes: ``[N, H]``."""
-        f = torch.gather(self.rows, 1, self.row_index[k]).view(self.N, self.H)
+        f = self.rows.index_select(0, self.row_index[k])
         if self.w_tau is None:
             return f
         if self.E is None:
@@ -762,7 +838,7 @@ class _MLPSteps:
         else:
             self.g_pre.add_(ga)
         if self.rows is not None:
-            self.g_rows.scatter_add_(1, self.row_index[k], ga.unsqueeze(1))
+            self.g_rows.index_add_(0, self.row_index[k], ga)
             if self.w_tau is not None:
                 _add_outer_rows(self.g_w_tau, self.tau_steps[k], ga, E)
         _add_outer_rows(self.g_wz, ga, z, E)
@@ -782,7 +858,7 @@ class _MLPSteps:
         """Gradients of ``per_row`` and ``w_tau`` of the factored features (None without)."""
         if self.rows is None:
             return None, None
-        T = self.rows.shape[1]
+        T = self.row_shape[-2]
         g_rows = self.g_rows.view(self.zb + (T, self.H)).sum_to_size(self.row_shape)
         g_w = None if self.w_tau is None else self.g_w_tau.view(self.w_tau.shape)
         return g_rows, g_w
@@ -981,17 +1057,6 @@ class _FusedEulerMembers(torch.autograd.Function):
     @staticmethod
     def vmap(info, in_dims, meta, *args):
         E = info.batch_size
-
-        def members_first(x, d):
-            if x is None:
-                return None
-            return x.movedim(d, 0) if d is not None else x.expand((E,) + x.shape)
-
-        args = [members_first(x, d) for x, d in zip(args, in_dims[1:], strict=True)]
-        if any(x is not None and under_functorch(x) for x in args):
-            raise BayesdynValueError(
-                "fused_euler_path: nested torch.func transforms (vmap inside vmap) are not "
-                "supported by the fused kernel"
-            )
+        args = _members_first(E, args, in_dims[1:])
         out = _FusedEulerFn.apply(meta[:-1] + (E,), *args)
         return out, (0, 0, 0, 0)

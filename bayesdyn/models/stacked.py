@@ -8,13 +8,15 @@ become batched matmuls) and nothing loops over members in Python.
 
 The template model is a *module transformation* of the user's model, made once:
 
-- ``nn.GRU`` (no batching rule for stacked weights) becomes :class:`StackableGRU`, the same
-  recurrence in plain tensor operations, with the same parameter names, and
-  :class:`~bayesdyn.models.GRUEncoder` becomes :class:`StackableGRUEncoder`, which calls it;
+- a bare ``nn.GRU`` (no batching rule for stacked weights) becomes :class:`StackableGRU`,
+  the same recurrence in plain tensor operations, with the same parameter names; the GRU of
+  a :class:`~bayesdyn.models.GRUEncoder` stays, because its hand-written kernel
+  (:func:`~bayesdyn.models.nets.gru_sequence`) has a vmap rule that runs all members at once;
 - :class:`~bayesdyn.models.DiagonalDiffusion`'s fused autograd Function (no vmap rule)
   is replaced by the same formula in plain operations (:class:`StackableDiagonalDiffusion`);
-- the fused Euler kernel steps aside by itself under ``vmap`` (see
-  :func:`bayesdyn.solvers._euler.under_functorch`), so the generic Euler loop runs.
+- the fused Euler kernel needs nothing: its vmap rule runs the training pass once for all
+  members, with matmuls batched over the member dimension (see
+  :func:`~bayesdyn.models.nets.fused_euler_path`).
 
 State-dict keys are unchanged, so member ``k`` loads back into an ordinary model.
 """
@@ -31,13 +33,12 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from .._validation import BayesdynTypeError, BayesdynValueError
-from .nets import DiagonalDiffusion, GRUEncoder, _row_inputs
+from .nets import DiagonalDiffusion, GRUEncoder
 
 __all__ = [
     "MemberStack",
     "StackableDiagonalDiffusion",
     "StackableGRU",
-    "StackableGRUEncoder",
     "make_stackable",
 ]
 
@@ -109,44 +110,25 @@ class StackableDiagonalDiffusion(DiagonalDiffusion):
         return self.min_scale + span * torch.sigmoid((h * self.w2).sum(-1) + self.out_bias)
 
 
-class StackableGRUEncoder(GRUEncoder):
-    """:class:`GRUEncoder` whose recurrence runs in plain tensor operations (vmap-compatible).
-
-    The same computation as :class:`GRUEncoder` (reverse each series within its length, run
-    the GRU, map back, project), with the GRU as :class:`StackableGRU`; it calls that GRU
-    directly, so any fused GRU kernel of the encoder (without a vmap rule) is bypassed.
-
-    Shapes: ``times [B, T]``, ``values [B, T, D]``, ``mask [B, T, D]``, ``lengths [B]`` ->
-    context ``[B, T, C]``.
-    """
-
-    def forward(self, times: Tensor, values: Tensor, mask: Tensor, lengths: Tensor) -> Tensor:
-        """See class docstring."""
-        B, T = times.shape
-        j = torch.arange(T, device=times.device).expand(B, T)
-        rev = torch.where(j < lengths.unsqueeze(-1), lengths.unsqueeze(-1) - 1 - j, j)
-        x = _row_inputs(times, values, mask)
-        h = self.gru(torch.gather(x, 1, rev.unsqueeze(-1).expand_as(x)))[0]
-        return self.out(torch.gather(h, 1, rev.unsqueeze(-1).expand_as(h)))
-
-
 def make_stackable(model: nn.Module) -> nn.Module:
     """A deep copy of ``model`` whose submodules all run under ``torch.func.vmap``.
 
-    ``nn.GRU`` becomes :class:`StackableGRU` and :class:`DiagonalDiffusion` becomes
+    A bare ``nn.GRU`` becomes :class:`StackableGRU` (a :class:`GRUEncoder`'s GRU is left to
+    its vmap-aware kernel) and :class:`DiagonalDiffusion` becomes
     :class:`StackableDiagonalDiffusion`; parameter names and values are unchanged.
     """
     if not isinstance(model, nn.Module):
         raise BayesdynTypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
     out = copy.deepcopy(model)
+    encoder_grus = {id(m.gru) for m in out.modules() if isinstance(m, GRUEncoder)}
     for name, module in list(out.named_modules()):
-        if isinstance(module, nn.GRU):
+        if isinstance(module, nn.GRU) and id(module) not in encoder_grus:
+            if not name:  # the model is a bare GRU
+                return StackableGRU(module)
             parent, _, attr = name.rpartition(".")
             setattr(out.get_submodule(parent) if parent else out, attr, StackableGRU(module))
         elif type(module) is DiagonalDiffusion:
             module.__class__ = StackableDiagonalDiffusion  # same state, plain-ops forward
-        if type(module) is GRUEncoder:
-            module.__class__ = StackableGRUEncoder
     return out
 
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from bayesdyn import LatentSDE
-from bayesdyn.models.nets import RowFeatures, fused_euler_path
+from bayesdyn.models import GRUEncoder
+from bayesdyn.models.nets import RowFeatures, fused_euler_path, gru_sequence
 from bayesdyn.models.stacked import MemberStack
 from bayesdyn.solvers import euler_maruyama
 from tests.common import ragged_batch
@@ -173,3 +174,33 @@ def test_hand_written_gru_equals_torch_gru_values_and_gradients(B, T):
     g_ref = torch.autograd.grad((ref * w).sum(), inputs)
     for a, b in zip(g_ours, g_ref, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_hand_written_gru_under_vmap_over_members_equals_each_member():
+    """The GRU kernel's vmap rule (one batched recurrence for all members) = each member."""
+    torch.manual_seed(1)
+    encoders = [GRUEncoder(1, 5, 2) for _ in range(3)]  # GRUs with 2 * 1 + 1 = 3 inputs
+    grus = [e.gru for e in encoders]
+    stack = MemberStack(encoders)
+    x = torch.randn(4, 6, 3)
+
+    out = stack.vmap(lambda e: gru_sequence(e.gru, x))  # [E, B, T, H]
+    w = torch.randn_like(out)
+    grads = torch.autograd.grad((w * out).sum(), list(stack.params.values()), allow_unused=True)
+    for k, gru in enumerate(grus):
+        ref = gru(x)[0]
+        torch.testing.assert_close(out[k], ref, rtol=1e-12, atol=1e-12)
+        names = [n for n in stack.params if n.startswith("gru.")]
+        params = dict(encoders[k].named_parameters())
+        ref_g = torch.autograd.grad((w[k] * ref).sum(), [params[n] for n in names])
+        for name, r in zip(names, ref_g, strict=True):
+            g = grads[list(stack.params).index(name)]
+            torch.testing.assert_close(g[k], r, rtol=1e-10, atol=1e-12, msg=name)
+    # Gradients flow to a member-batched input too.
+    xs = torch.randn(3, 4, 6, 3, requires_grad=True)
+    out = stack.vmap(lambda e, xi: gru_sequence(e.gru, xi), xs, in_dims=(0,))
+    gx = torch.autograd.grad(out.square().sum(), xs)[0]
+    for k, gru in enumerate(grus):
+        xk = xs[k].detach().requires_grad_()
+        ref = torch.autograd.grad(gru(xk)[0].square().sum(), xk)[0]
+        torch.testing.assert_close(gx[k], ref, rtol=1e-10, atol=1e-12)
