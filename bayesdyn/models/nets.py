@@ -761,11 +761,20 @@ class _MLPSteps:
             per_row, index, tau, w_tau = rows
             T = per_row.shape[-2]
             self.row_shape = per_row.shape
+            # A constant pre (a bias) is folded into the rows once: pre_k = rows_k + tau_k w.
+            self.fold = not self.per_step
+            if self.fold:
+                lead = pre.shape[:-1] + (1,) * (per_row.dim() - pre.dim())
+                per_row = per_row + pre.reshape(lead + (H,))
             # Rows of all series flattened to [N T, H]; step k reads row n T + index[n, k].
             self.rows = per_row.expand(zb + per_row.shape[-2:]).reshape(N * T, H)
             ix = index.expand(zb + index.shape[-1:]).reshape(N, U)
             offset = torch.arange(N, device=ix.device).mul_(T).unsqueeze(-1)
             self.row_index = (ix + offset).t().unbind(0)  # U x [N]
+            # Whether step k reads other rows than step k - 1 (else the last gather is reused
+            # and, backwards, row gradients are summed before one scatter).
+            self.new_rows = [True] + (ix[:, 1:] != ix[:, :-1]).any(0).tolist()
+            self.last_rows = None
             self.tau_steps = _per_step(tau, zb, N, U)
             self.w_tau = w_tau
             if w_tau is not None:
@@ -773,7 +782,9 @@ class _MLPSteps:
 
     def _row_features(self, k: int) -> Tensor:
         """``per_row[index_k] + tau_k w_tau`` of step ``k``. Shapes: ``[N, H]``."""
-        f = self.rows.index_select(0, self.row_index[k])
+        if self.new_rows[k] or self.last_rows is None:
+            self.last_rows = self.rows.index_select(0, self.row_index[k])
+        f = self.last_rows
         if self.w_tau is None:
             return f
         if self.E is None:
@@ -791,7 +802,9 @@ class _MLPSteps:
             pk = self.pre_2d
         if self.rows is not None:
             rk = self._row_features(k)
-            pk = rk + pk if E is None else rk.view(pk.shape[:-2] + (-1, self.H)) + pk
+            if E is not None:
+                rk = rk.view(E, self.N // E, self.H)
+            pk = rk if self.fold else rk + pk
         a = _linear_rows(pk, z, self.w_z_t, E)
         h = F.softplus(a)
         acts = [(a, h)]
@@ -814,6 +827,7 @@ class _MLPSteps:
             self.g_pre = like.new_zeros(self.N, self.H)
         if self.rows is not None:
             self.g_rows = torch.zeros_like(self.rows)
+            self.g_pending = None
             if self.w_tau is not None:
                 self.g_w_tau = self.w_tau.new_zeros(self.w_tau.shape[:-1] + (1, self.H))
 
@@ -838,7 +852,12 @@ class _MLPSteps:
         else:
             self.g_pre.add_(ga)
         if self.rows is not None:
-            self.g_rows.index_add_(0, self.row_index[k], ga)
+            # Steps reading the same rows share one scatter of their summed gradients.
+            g = ga if self.g_pending is None else self.g_pending + ga
+            if self.new_rows[k]:
+                self.g_rows.index_add_(0, self.row_index[k], g)
+                g = None
+            self.g_pending = g
             if self.w_tau is not None:
                 _add_outer_rows(self.g_w_tau, self.tau_steps[k], ga, E)
         _add_outer_rows(self.g_wz, ga, z, E)
