@@ -87,15 +87,15 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _train(series, out: Path, args) -> dict:
-    """Standardise, split, fit, save. Returns the run summary."""
-    from .inference import fit, save_model
+    """Standardise, split, fit, save (:func:`~bayesdyn.diagnostics.save_run`). Returns the run
+    summary."""
+    from .diagnostics.report import save_run
+    from .inference import fit
     from .models import LatentSDE
 
     dp = _data_parallel(args)
     writer = dp is None or dp.is_writer
     out.mkdir(parents=True, exist_ok=True)
-    if writer:
-        series.to_dataframe().to_csv(out / "data.csv", index=False)
     scaled, scaler = series.standardize()
     train, val = scaled, None
     if args.val_fraction and len(scaled) >= 10:
@@ -139,10 +139,6 @@ def _train(series, out: Path, args) -> dict:
     )
     if not writer:  # rank 0 writes the outputs of a data-parallel run
         return {}
-    save_model(model, out / "model.pt", extra={"scaler": scaler.state_dict()})
-    import pandas as pd
-
-    pd.DataFrame(result.history).to_csv(out / "history.csv", index=False)
     summary = {
         "num_series": len(series),
         "channels": list(series.channels),
@@ -155,7 +151,7 @@ def _train(series, out: Path, args) -> dict:
         "t_min": float(series.t_min),
         "t_max": float(series.t_max),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    save_run(out, model, series, scaler, history=result.history, summary=summary)
     print(result.summary())
     return summary
 

@@ -12,6 +12,8 @@ from ._events import (
     load_point_process,
     pad_events,
     read_event_sequences,
+    read_events_csv,
+    write_events_csv,
 )
 from ._loaders import load_brusselator, load_lynx_hare
 from ._scaler import Scaler
@@ -50,10 +52,12 @@ __all__ = [
     "merton_log_density",
     "pad_events",
     "read_event_sequences",
+    "read_events_csv",
     "simulate_double_ou",
     "simulate_gbm",
     "simulate_hawkes",
     "simulate_lorenz",
     "simulate_merton",
     "simulate_ou",
+    "write_events_csv",
 ]

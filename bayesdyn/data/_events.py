@@ -1,4 +1,4 @@
-"""Event times and marks of irregular series: validation, padded batches and a file loader.
+"""Event times and marks of irregular series: validation, padded batches and file I/O.
 
 An event sequence belongs to one series and lives in that series' *observation window*
 ``[times[0], times[-1]]`` (the span of its observation rows; rows may observe nothing, so an
@@ -34,7 +34,11 @@ __all__ = [
     "load_point_process",
     "pad_events",
     "read_event_sequences",
+    "read_events_csv",
+    "write_events_csv",
 ]
+
+EVENT_COLUMNS = ("id", "time", "mark")
 
 
 class EventBatch(NamedTuple):
@@ -440,3 +444,144 @@ def load_point_process(
     except BayesdynValueError as e:
         # Series i is line i + 1 of the file.
         raise BayesdynValueError(f"path {os.fspath(path)!r} (series i is line i+1): {e}") from e
+
+
+def write_events_csv(series: IrregularTimeSeries, path: Union[str, os.PathLike]) -> None:
+    """Write the events of ``series`` as a long-format CSV: columns ``id``, ``time``, ``mark``.
+
+    One row per event, series in order and events in time order; a series without events has
+    no rows. Times are written at full precision (they read back exactly). The number of mark
+    categories is not stored: pass it to :func:`read_events_csv` when some mark never occurs.
+
+    Args:
+        series: an :class:`~bayesdyn.data.IrregularTimeSeries` with ``events``.
+        path: the CSV file to write (replaced atomically).
+
+    Raises:
+        BayesdynValueError: if ``series`` has no events.
+
+    Shapes:
+        ``series.events[i]``, ``series.marks[i]``: ``[N_i]`` -> ``[sum_i N_i, 3]`` rows.
+    """
+    import pandas as pd
+
+    if series.events is None:
+        raise BayesdynValueError(
+            "series has no events to write; expected an IrregularTimeSeries built with events=..."
+        )
+    counts = [e.shape[0] for e in series.events]
+    df = pd.DataFrame(
+        {
+            "id": [sid for sid, n in zip(series.ids, counts, strict=True) for _ in range(n)],
+            "time": np.concatenate([np.zeros(0), *series.events]),
+            "mark": np.concatenate([np.zeros(0, dtype=np.int64), *series.marks]),
+        }
+    )
+    p = os.fspath(path)
+    tmp = p + ".tmp"
+    df.to_csv(tmp, index=False)
+    os.replace(tmp, p)
+
+
+def read_events_csv(
+    path: Union[str, os.PathLike],
+    series: IrregularTimeSeries,
+    *,
+    num_marks: Optional[int] = None,
+) -> IrregularTimeSeries:
+    """Attach the events of a CSV written by :func:`write_events_csv` to ``series``.
+
+    Rows are matched to series by id, comparing text (``str(id)``), so ids read back from a
+    CSV (``IrregularTimeSeries.from_csv``) match. Rows of one series may come in any order
+    (they are sorted by time); a series with no rows gets no events. The ``mark`` column may
+    be left out (unmarked events).
+
+    Args:
+        path: the CSV file (columns ``id``, ``time`` and optionally ``mark``).
+        series: the series the events belong to; each event must lie in its series'
+            observation window.
+        num_marks: ``K`` (default: largest mark + 1), e.g. a jump model's ``num_marks``.
+
+    Returns:
+        A copy of ``series`` (channels never observed allowed) with ``events`` and ``marks``.
+
+    Raises:
+        BayesdynValueError: if the file is missing or unreadable, lacks a column, holds a
+            non-numeric time or mark, an id that is not a series of ``series``, or events that
+            :func:`check_event_sequences` rejects (the message names the file).
+
+    Shapes:
+        ``[sum_i N_i, 3]`` rows -> ``events[i]``, ``marks[i]``: ``[N_i]`` for the ``B`` series.
+    """
+    import pandas as pd
+
+    from ._series import IrregularTimeSeries
+
+    if not isinstance(path, (str, os.PathLike)):
+        raise BayesdynTypeError(f"path must be a str or os.PathLike; got {type(path).__name__}")
+    if not isinstance(series, IrregularTimeSeries):
+        raise BayesdynTypeError(
+            f"series must be an IrregularTimeSeries; got {type(series).__name__}"
+        )
+    p = os.fspath(path)
+    if not os.path.isfile(p):
+        raise BayesdynValueError(f"path {p!r}: file not found")
+    try:
+        df = pd.read_csv(p, dtype={"id": str})
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise BayesdynValueError(f"path {p!r}: could not read CSV: {msg}") from e
+    missing = [c for c in ("id", "time") if c not in df.columns]
+    if missing:
+        raise BayesdynValueError(
+            f"path {p!r}: expected columns {list(EVENT_COLUMNS)} (mark optional); "
+            f"missing {missing}, got {list(df.columns)}"
+        )
+    index = {str(sid): b for b, sid in enumerate(series.ids)}
+    if len(index) != len(series):
+        raise BayesdynValueError(
+            f"series ids must be distinct as text to match an events file; got {series.ids[:10]}"
+        )
+    ids = df["id"].to_numpy(dtype=object)
+    unknown = sorted({str(i) for i in ids} - set(index))
+    if unknown:
+        raise BayesdynValueError(
+            f"path {p!r}: events of unknown series id(s) {unknown[:5]}; expected ids of "
+            f"series, e.g. {list(index)[:5]}"
+        )
+    cols = {}
+    for c in ("time", "mark"):
+        if c not in df.columns:
+            continue
+        x = pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=np.float64)
+        bad = np.flatnonzero(np.isnan(x) & df[c].notna().to_numpy())
+        bad = bad if bad.size else np.flatnonzero(np.isnan(x))
+        if bad.size:
+            r = int(bad[0])
+            raise BayesdynValueError(
+                f"path {p!r}, row {r + 2}: column {c!r} must be a number; got {df[c].iloc[r]!r}"
+            )
+        cols[c] = x
+    rows = np.array([index[str(i)] for i in ids], dtype=np.int64)
+    order = np.lexsort((cols["time"], rows))
+    bounds = np.searchsorted(rows[order], np.arange(len(series) + 1))
+    events = [cols["time"][order[bounds[b] : bounds[b + 1]]] for b in range(len(series))]
+    marks = None
+    if "mark" in cols:
+        marks = [cols["mark"][order[bounds[b] : bounds[b + 1]]] for b in range(len(series))]
+    try:
+        return IrregularTimeSeries(
+            series.times,
+            series.values,
+            series.mask,
+            ids=series.ids,
+            channels=series.channels,
+            covariates=series.covariates,
+            covariate_names=series.covariate_names,
+            require_observed_channels=False,
+            events=events,
+            marks=marks,
+            num_marks=num_marks,
+        )
+    except (BayesdynValueError, BayesdynTypeError) as e:
+        raise BayesdynValueError(f"path {p!r}: {e}") from e

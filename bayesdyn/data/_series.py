@@ -335,6 +335,7 @@ class IrregularTimeSeries:
         time_col: str = "time",
         value_cols: Optional[Sequence[str]] = None,
         covariate_cols: Optional[Sequence[str]] = None,
+        require_observed_channels: bool = True,
     ) -> IrregularTimeSeries:
         """Build from a long-format pandas DataFrame: one row per (series, time), NaN = missing.
 
@@ -347,6 +348,8 @@ class IrregularTimeSeries:
             time_col: column of observation times.
             value_cols: value columns; default all columns other than id, time and covariates.
             covariate_cols: optional columns of (fully observed) covariates.
+            require_observed_channels: as in the constructor (False reads a channel with no
+                observed value, e.g. the all-NaN frame of events-only series).
 
         Returns:
             An :class:`IrregularTimeSeries` whose ``channels`` are the value column names.
@@ -403,6 +406,7 @@ class IrregularTimeSeries:
             channels=[str(c) for c in val_cols],
             covariates=cov_l if cov_all is not None else None,
             covariate_names=[str(c) for c in cov_cols] if cov_cols else None,
+            require_observed_channels=require_observed_channels,
         )
 
     @classmethod

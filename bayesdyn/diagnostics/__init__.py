@@ -8,6 +8,7 @@ from . import metrics
 from .inference_data import to_inference_data
 from .lfo import rolling_origin
 from .metrics import *  # noqa: F403  (the names of metrics.__all__)
+from .report import save_run
 
-__all__ = ["rolling_origin", "to_inference_data"]
+__all__ = ["rolling_origin", "save_run", "to_inference_data"]
 __all__ += metrics.__all__

@@ -15,15 +15,28 @@ fonts):
    ``constant_data`` (other models given data with events). An events-only jump model has no
    predictive or calibration figures; those sections say so.
 
-For a fitted ``LatentJumpSDE``, build the page from its InferenceData:
+For a fitted ``LatentJumpSDE``, either write a run directory with
+``save_run(run_dir, model, series, scaler)`` and run ``bayesdyn report RUN_DIR``, or build the
+page in memory from its InferenceData:
 ``render_report(ReportInputs(idata=to_inference_data(model, series), data=series))`` (add
-``scores=in_sample_scores(idata, seed)`` when it has continuous channels). Run directories of
-``bayesdyn fit`` hold latent SDEs only.
+``scores=in_sample_scores(idata, seed)`` when it has continuous channels).
 
-Run-directory layout read here (written by ``bayesdyn fit`` / ``bayesdyn demo``): ``model.pt``
-(or ensemble members ``members/*.pt``), ``data.csv``, optionally ``heldout.csv`` (data after
-the forecast origin), ``history.csv`` (or the history in ``checkpoint.pt``) and
-``summary.json``.
+Run-directory layout read here (written by :func:`save_run`, which ``bayesdyn fit`` /
+``bayesdyn demo`` use):
+
+- ``model.pt`` or ensemble members ``members/*.pt`` (:func:`~bayesdyn.inference.save_model`
+  files: a ``LatentSDE`` or a ``LatentJumpSDE``, with the scaler's state, if any, in
+  ``extra["scaler"]``);
+- ``data.csv``: the conditioning series, long format (``id``, ``time``, one column per
+  channel, NaN = missing; all NaN for events-only series);
+- ``events.csv`` (runs whose data has events; required for a ``LatentJumpSDE``): long format
+  ``id``, ``time``, ``mark``, one row per event (:func:`~bayesdyn.data.write_events_csv`);
+- optionally ``heldout.csv`` (data after the forecast origin; latent SDE runs only),
+  ``history.csv`` (or the history in ``checkpoint.pt``) and ``summary.json``.
+
+A ``LatentJumpSDE`` run is reported like the in-memory path: ``to_inference_data(models,
+data, scaler=...)`` without ``forecast_times``, scored in sample when it has continuous
+channels.
 """
 
 from __future__ import annotations
@@ -52,7 +65,7 @@ from .metrics import (
     pit_values,
 )
 
-__all__ = ["ReportInputs", "render_report", "write_report", "write_run_inference_data"]
+__all__ = ["ReportInputs", "render_report", "save_run", "write_report", "write_run_inference_data"]
 
 LEVELS = (0.5, 0.8, 0.9, 0.95)
 
@@ -100,6 +113,102 @@ def _load_members(run: Path):
     if any(s != scalers[0] for s in scalers):
         raise BayesdynValueError(f"the members in {str(run)!r} were trained with different scalers")
     return [m for m, _ in loaded], scalers[0]
+
+
+def _replace_text(path: Path, write) -> None:
+    """``write(tmp)`` then rename onto ``path`` (a kill leaves the old file intact)."""
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def save_run(
+    run_dir: str | os.PathLike,
+    model,
+    data,
+    scaler=None,
+    *,
+    history: Sequence[dict] | None = None,
+    summary: dict | None = None,
+) -> Path:
+    """Write a run directory of a fitted model and its data, readable by ``bayesdyn report``.
+
+    Writes (see the module docstring for the layout): ``model.pt`` (one model) or
+    ``members/000.pt, 001.pt, ...`` (a sequence of ensemble members), each with the scaler's
+    state in its ``extra``; ``data.csv`` (``data.to_dataframe()``); ``events.csv`` when
+    ``data`` has events (:func:`~bayesdyn.data.write_events_csv`); ``history.csv`` and
+    ``summary.json`` when given. Files of an earlier run in ``run_dir`` that would contradict
+    this one (``events.csv`` for data without events, ``members/*.pt`` next to a new
+    ``model.pt`` or ``model.pt`` next to new members) are removed. ``bayesdyn fit`` writes its
+    runs through this function.
+
+    Args:
+        run_dir: the directory (created if needed).
+        model: a fitted :class:`~bayesdyn.models.LatentSDE` or
+            :class:`~bayesdyn.models.LatentJumpSDE`, or a non-empty sequence of them (ensemble
+            members of one class).
+        data: the :class:`~bayesdyn.data.IrregularTimeSeries` the model conditions on, in data
+            units (``B`` series of ``[T_i, D]`` values, and events ``[N_i]`` for jump models).
+        scaler: the :class:`~bayesdyn.data.Scaler` the model was trained with (its inputs were
+            ``data.standardize(scaler)``), or None for a model trained on ``data`` as is (an
+            events-only jump model has no scaler).
+        history: training history rows (e.g. ``FitResult.history``), written as
+            ``history.csv``.
+        summary: plain-JSON run summary, written as ``summary.json``.
+
+    Returns:
+        the run directory.
+
+    Raises:
+        BayesdynTypeError: if ``model`` is not a saveable model (or a sequence of them),
+            ``data`` is not an ``IrregularTimeSeries`` or ``scaler`` is not a ``Scaler``.
+        BayesdynValueError: if ``model`` is an empty sequence.
+    """
+    import pandas as pd
+
+    from .._validation import BayesdynTypeError
+    from ..data import IrregularTimeSeries, Scaler, write_events_csv
+    from ..inference import save_model
+    from ..inference.io import MODEL_CLASSES
+
+    run = Path(run_dir)
+    members = list(model) if isinstance(model, (list, tuple)) else None
+    if members is not None and not members:
+        raise BayesdynValueError("model must be a model or a non-empty sequence of members; got []")
+    for m in [model] if members is None else members:
+        if MODEL_CLASSES.get(type(m).__name__) is not type(m):
+            raise BayesdynTypeError(
+                f"model must be one of {sorted(MODEL_CLASSES)} or a sequence of them; got "
+                f"{type(m).__qualname__}"
+            )
+    if not isinstance(data, IrregularTimeSeries):
+        raise BayesdynTypeError(f"data must be an IrregularTimeSeries; got {type(data).__name__}")
+    if scaler is not None and not isinstance(scaler, Scaler):
+        raise BayesdynTypeError(
+            f"scaler must be a bayesdyn Scaler or None; got {type(scaler).__name__}"
+        )
+    run.mkdir(parents=True, exist_ok=True)
+    _replace_text(run / "data.csv", lambda p: data.to_dataframe().to_csv(p, index=False))
+    if data.events is not None:
+        write_events_csv(data, run / "events.csv")
+    elif (run / "events.csv").is_file():
+        (run / "events.csv").unlink()
+    extra = {} if scaler is None else {"scaler": scaler.state_dict()}
+    # The report reads model.pt and members/*.pt together: remove the other layout's files.
+    stale = sorted((run / "members").glob("*.pt")) if members is None else [run / "model.pt"]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    if members is None:
+        save_model(model, run / "model.pt", extra=extra)
+    else:
+        for e, m in enumerate(members):
+            save_model(m, run / "members" / f"{e:03d}.pt", extra=extra)
+    if history is not None:
+        rows = list(history)
+        _replace_text(run / "history.csv", lambda p: pd.DataFrame(rows).to_csv(p, index=False))
+    if summary is not None:
+        _replace_text(run / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=2)))
+    return run
 
 
 def _history(run: Path) -> list[dict] | None:
@@ -207,14 +316,15 @@ def collect_run(
     """Load a run directory, draw the posterior and score it: the inputs of the report.
 
     Args:
-        run_dir: a directory written by ``bayesdyn fit`` or ``bayesdyn demo``.
+        run_dir: a directory written by :func:`save_run` (``bayesdyn fit``, ``bayesdyn demo``).
         num_samples: posterior draws per member.
         num_times: points of the interpolation grid.
         horizon: forecast length beyond the last observation when the run has no held-out
-            data (default 20% of the observed span).
+            data (default 20% of the observed span); unused for jump models (no forecast).
         seed: seed of all draws.
     """
-    from ..data import IrregularTimeSeries, Scaler
+    from ..data import IrregularTimeSeries, Scaler, read_events_csv
+    from ..models import LatentJumpSDE
     from .inference_data import to_inference_data
 
     run = Path(run_dir)
@@ -224,7 +334,36 @@ def collect_run(
     scaler = None if scaler_state is None else Scaler.from_state_dict(scaler_state)
     if not (run / "data.csv").is_file():
         raise BayesdynValueError(f"run_dir {str(run)!r} has no data.csv")
-    data = IrregularTimeSeries.from_csv(run / "data.csv")
+    jump = [m for m in models if isinstance(m, LatentJumpSDE)]
+    has_events = (run / "events.csv").is_file()
+    if jump and not has_events:
+        raise BayesdynValueError(
+            f"run_dir {str(run)!r} holds a LatentJumpSDE but no events.csv (its event data); "
+            "write the run with bayesdyn.diagnostics.save_run"
+        )
+    # events-only series have no observed channel: their data.csv is all NaN
+    data = IrregularTimeSeries.from_csv(run / "data.csv", require_observed_channels=not has_events)
+    if has_events:
+        num_marks = max(m.config.num_marks for m in jump) if jump else None
+        data = read_events_csv(run / "events.csv", data, num_marks=num_marks)
+    if jump:
+        if (run / "heldout.csv").is_file():
+            raise BayesdynValueError(
+                f"run_dir {str(run)!r}: heldout.csv is not supported for a LatentJumpSDE run "
+                "(its report scores in sample); remove it"
+            )
+        idata = to_inference_data(
+            models, data, scaler=scaler, num_samples=num_samples, num_times=num_times, seed=seed
+        )
+        has_pp = "posterior_predictive" in idata.groups()  # False for events-only models
+        return ReportInputs(
+            idata=idata,
+            data=data,
+            scores=in_sample_scores(idata, seed) if has_pp else {},
+            history=_history(run),
+            run_summary=_summary(run),
+            title=f"bayesdyn report: {run.name}",
+        )
     heldout = None
     if (run / "heldout.csv").is_file():
         heldout = IrregularTimeSeries.from_csv(run / "heldout.csv")
@@ -248,18 +387,21 @@ def collect_run(
         scores = heldout_scores(models, scaler, data, heldout, num_samples, seed + 10_000)
     else:
         scores = in_sample_scores(idata, seed)
-    summary = None
-    if (run / "summary.json").is_file():
-        summary = json.loads((run / "summary.json").read_text())
     return ReportInputs(
         idata=idata,
         data=data,
         heldout=heldout,
         scores=scores,
         history=_history(run),
-        run_summary=summary,
+        run_summary=_summary(run),
         title=f"bayesdyn report: {run.name}",
     )
+
+
+def _summary(run: Path) -> dict | None:
+    if (run / "summary.json").is_file():
+        return json.loads((run / "summary.json").read_text())
+    return None
 
 
 def write_report(

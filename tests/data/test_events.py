@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from scipy import stats
@@ -19,8 +20,10 @@ from bayesdyn.data import (
     load_point_process,
     merton_log_density,
     read_event_sequences,
+    read_events_csv,
     simulate_hawkes,
     simulate_merton,
+    write_events_csv,
 )
 from tests.conftest import TEST_FAILURE_RATE
 
@@ -221,3 +224,69 @@ def test_merton_density_and_generator():
     assert [len(j) for j in d.truth["jump_times"]][:3] == [len(s) for s in d.truth["jump_sizes"]][
         :3
     ]
+
+
+def test_events_csv_round_trip_with_data_csv(tmp_path):
+    """write_events_csv + read_events_csv next to to_dataframe/from_csv give back the same
+    events, marks and num_marks (string ids, a series without events, an unused mark)."""
+    times = [np.array([0.0, 1.0, 5.0]), np.array([0.0, 2.0]), np.array([1.0, 4.0])]
+    s = IrregularTimeSeries(
+        times,
+        [np.zeros(3), np.ones(2), np.full(2, 2.0)],
+        ids=["a", "b", "c"],
+        events=[[0.1 + 1e-12, 3.0], [], [1.0, 2.5, 4.0]],
+        marks=[[0, 2], [], [1, 1, 0]],
+        num_marks=4,
+    )
+    s.to_dataframe().to_csv(tmp_path / "data.csv", index=False)
+    write_events_csv(s, tmp_path / "events.csv")
+    base = IrregularTimeSeries.from_csv(tmp_path / "data.csv")
+    assert base.events is None
+    back = read_events_csv(tmp_path / "events.csv", base, num_marks=4)
+    assert back.ids == s.ids and back.num_marks == 4
+    for got, want in zip(back.events, s.events, strict=True):
+        np.testing.assert_array_equal(got, want)  # exact: full-precision times
+    for got, want in zip(back.marks, s.marks, strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert read_events_csv(tmp_path / "events.csv", base).num_marks == 3  # default max + 1
+
+
+def test_events_csv_of_events_only_series_with_int_ids(tmp_path):
+    """Events-only series (all-NaN data.csv, integer ids) read back with
+    require_observed_channels=False; rows in any order; the mark column is optional."""
+    s = simulate_hawkes(num_series=3, t1=5.0, seed=3, baseline=0.5, alpha=0.5, beta=1.0).series
+    s.to_dataframe().to_csv(tmp_path / "data.csv", index=False)
+    with pytest.raises(BayesdynValueError, match="no observed value"):
+        IrregularTimeSeries.from_csv(tmp_path / "data.csv")
+    base = IrregularTimeSeries.from_csv(tmp_path / "data.csv", require_observed_channels=False)
+    write_events_csv(s, tmp_path / "events.csv")
+    back = read_events_csv(tmp_path / "events.csv", base)
+    for got, want in zip(back.events, s.events, strict=True):
+        np.testing.assert_array_equal(got, want)
+    df = pd.read_csv(tmp_path / "events.csv").iloc[::-1].drop(columns="mark")
+    df.to_csv(tmp_path / "shuffled.csv", index=False)
+    back2 = read_events_csv(tmp_path / "shuffled.csv", base)
+    assert [e.tolist() for e in back2.events] == [e.tolist() for e in s.events]
+    assert back2.num_marks == 1 and all((m == 0).all() for m in back2.marks)
+
+
+def test_events_csv_errors_name_the_file_and_the_problem(tmp_path):
+    s = _two_series(events=[[0.5], []])
+    with pytest.raises(BayesdynValueError, match="series has no events to write"):
+        write_events_csv(_two_series(), tmp_path / "x.csv")
+    cases = {
+        "unknown.csv": ("id,time,mark\n0,0.5,0\n7,1.0,0\n", r"unknown series id\(s\) \['7'\]"),
+        "nocol.csv": ("id,when\n0,0.5\n", r"missing \['time'\]"),
+        "text.csv": ("id,time,mark\n0,soon,0\n", r"row 2: column 'time' must be a number"),
+        "outside.csv": ("id,time\n1,3.0\n", r"events must lie in the observation window"),
+        "repeat.csv": ("id,time\n0,0.5\n0,0.5\n", "event times repeat"),
+    }
+    for name, (text, match) in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(BayesdynValueError, match=match) as err:
+            read_events_csv(tmp_path / name, s)
+        assert name in str(err.value)
+    with pytest.raises(BayesdynValueError, match="file not found"):
+        read_events_csv(tmp_path / "missing.csv", s)
+    with pytest.raises(BayesdynTypeError, match="series must be an IrregularTimeSeries"):
+        read_events_csv(tmp_path / "repeat.csv", [s])

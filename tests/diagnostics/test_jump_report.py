@@ -1,5 +1,6 @@
 """to_inference_data and the HTML report for jump models (LatentJumpSDE): posterior paths and
-intensities, per-series event log-likelihoods for LOO, observed events, netCDF, the jumps figure."""
+intensities, per-series event log-likelihoods for LOO, observed events, netCDF, the jumps figure;
+run directories of jump models (save_run, save_model/load_model, `bayesdyn report RUN_DIR`)."""
 
 import html.parser
 import math
@@ -9,10 +10,17 @@ import pytest
 import torch
 import xarray as xr
 
-from bayesdyn import IrregularTimeSeries, LatentJumpSDE, LatentSDE, fit
-from bayesdyn.data import simulate_hawkes
-from bayesdyn.diagnostics import _arviz, to_inference_data
-from bayesdyn.diagnostics.report import ReportInputs, in_sample_scores, render_report
+from bayesdyn import IrregularTimeSeries, LatentJumpSDE, LatentSDE, fit, load_model, save_model
+from bayesdyn._validation import BayesdynTypeError, BayesdynValueError
+from bayesdyn.data import Scaler, simulate_hawkes
+from bayesdyn.diagnostics import _arviz, save_run, to_inference_data
+from bayesdyn.diagnostics.report import (
+    ReportInputs,
+    collect_run,
+    in_sample_scores,
+    render_report,
+)
+from bayesdyn.inference import save_checkpoint
 
 S = 24  # draws per chain: enough for PSIS's tail fit
 Q = 20  # default plotting grid size used here
@@ -259,3 +267,101 @@ def test_bad_inputs_for_jump_models_name_the_argument(events_only):
     # the model's own batch check still applies (observed values for an events-only model)
     with pytest.raises(ValueError, match="obs_dim=0"):
         to_inference_data(model, _with_channels_data(), num_samples=2)
+
+
+# ----------------------------------------------------------------------------- run directories
+
+
+def _report_via_cli(run, out):
+    from bayesdyn.cli import main
+
+    argv = ["report", str(run), "--out", str(out), "--num-samples", "8", "--max-series", "2"]
+    assert main(argv) == 0
+    p = _Sections()
+    p.feed(out.read_text(encoding="utf-8"))
+    return p
+
+
+def test_cli_report_of_a_saved_events_only_jump_run(events_only, tmp_path, capsys):
+    """save_run writes model.pt + data.csv (all NaN) + events.csv; `bayesdyn report` loads the
+    LatentJumpSDE and the events back and draws the jumps figure."""
+    data, model, _ = events_only
+    run = save_run(tmp_path / "run", model, data, history=[{"step": 1, "loss": 2.0}])
+    assert {p.name for p in run.iterdir()} == {"model.pt", "data.csv", "events.csv", "history.csv"}
+    p = _report_via_cli(run, tmp_path / "r.html")
+    assert "report written to" in capsys.readouterr().out
+    assert p.images["jumps"] == ["event intensities and events"]
+    assert "no continuous observed channels" in p.text["predictive"]
+    assert "No calibration scores" in p.text["calibration"]
+    assert p.images["training"] == ["training curve"]
+    back = collect_run(run, num_samples=2, num_times=5).data  # the events read back exactly
+    assert back.ids == data.ids and back.num_marks == data.num_marks
+    for got, want in zip(back.events, data.events, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_cli_report_of_a_saved_jump_ensemble_with_channels(with_channels, tmp_path):
+    """Two members + scaler as members/*.pt: the report has the jumps figure and in-sample
+    calibration of the continuous channel."""
+    data, scaler, members, _ = with_channels
+    run = save_run(tmp_path / "run", members, data, scaler, summary={"note": "two members"})
+    assert sorted(p.name for p in (run / "members").iterdir()) == ["000.pt", "001.pt"]
+    p = _report_via_cli(run, tmp_path / "r.html")
+    assert p.images["jumps"] == ["event intensities and events"]
+    assert p.images["calibration"] == ["PIT histogram and coverage"]
+    assert "two members" in p.text["run"]
+
+
+def test_save_load_round_trip_of_a_jump_model(with_channels, tmp_path):
+    data, scaler, members, _ = with_channels
+    model = members[1]
+    save_model(model, tmp_path / "m.pt", extra={"scaler": scaler.state_dict()})
+    back, extra = load_model(tmp_path / "m.pt")
+    assert type(back) is LatentJumpSDE and back.config == model.config
+    want, got = model.state_dict(), back.state_dict()
+    assert want.keys() == got.keys()
+    for k in want:
+        assert torch.equal(want[k], got[k]), k
+    assert Scaler.from_state_dict(extra["scaler"]).std.tolist() == scaler.std.tolist()
+    z = torch.randn(3, 5, model.config.latent_dim)
+    with torch.no_grad():
+        assert torch.equal(back.intensity(z), model.intensity(z))
+
+
+def test_old_payload_loads_as_latent_sde_and_unknown_class_is_named(tmp_path):
+    sde = LatentSDE(1, latent_dim=2, hidden_dim=8, context_dim=2)
+    save_checkpoint(tmp_path / "old.pt", {"model_payload": sde.to_checkpoint(), "extra": {}})
+    back, extra = load_model(tmp_path / "old.pt")  # written before "model_class" existed
+    assert type(back) is LatentSDE and back.config == sde.config and extra == {}
+    payload = {"model_class": "FancySDE", "model_payload": sde.to_checkpoint(), "extra": {}}
+    save_checkpoint(tmp_path / "fancy.pt", payload)
+    with pytest.raises(BayesdynValueError, match=r"fancy\.pt.*unknown model class 'FancySDE'"):
+        load_model(tmp_path / "fancy.pt")
+    with pytest.raises(BayesdynTypeError, match="model must be one of.*got Linear"):
+        save_model(torch.nn.Linear(2, 2), tmp_path / "lin.pt")
+
+
+def test_jump_run_without_events_csv_is_refused(events_only, tmp_path):
+    data, model, _ = events_only
+    run = save_run(tmp_path / "run", model, data)
+    (run / "events.csv").unlink()
+    with pytest.raises(BayesdynValueError, match="holds a LatentJumpSDE but no events.csv"):
+        collect_run(run, num_samples=2)
+
+
+def test_save_run_checks_its_arguments_before_writing(events_only, tmp_path):
+    data, model, _ = events_only
+    run = tmp_path / "run"
+    with pytest.raises(BayesdynTypeError, match="model must be one of.*got Linear"):
+        save_run(run, torch.nn.Linear(2, 2), data)
+    with pytest.raises(BayesdynValueError, match="non-empty sequence of members; got"):
+        save_run(run, [], data)
+    with pytest.raises(BayesdynTypeError, match="data must be an IrregularTimeSeries; got list"):
+        save_run(run, model, [data])
+    with pytest.raises(BayesdynTypeError, match="scaler must be a bayesdyn Scaler or None"):
+        save_run(run, model, data, {"mean": [0.0]})
+    assert not run.exists()
+    # re-saving as an ensemble replaces model.pt (the report would read both layouts)
+    save_run(run, model, data)
+    save_run(run, [model, model], data)
+    assert not (run / "model.pt").exists() and len(list((run / "members").glob("*.pt"))) == 2
