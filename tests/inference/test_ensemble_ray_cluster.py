@@ -57,11 +57,13 @@ def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 120.0) ->
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
+def ray_cluster(tmp_path_factory):
     """``(address, env)`` of a running 2-CPU head node, stopped at the end.
 
     ``ray start --block`` keeps the head in the foreground, so terminating it stops this
-    cluster only (``ray stop`` would stop every Ray instance on the machine).
+    cluster only (``ray stop`` would stop every Ray instance on the machine). Its own temp
+    dir keeps its session files (``ray_current_cluster``) away from later local
+    ``ray.init()`` calls, which would otherwise try to join it.
     """
     ray_cli = Path(sys.executable).with_name("ray")
     cli = str(ray_cli) if ray_cli.exists() else shutil.which("ray")
@@ -70,7 +72,8 @@ def ray_cluster():
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     env["RAY_USAGE_STATS_ENABLED"] = "0"
     cmd = [cli, "start", "--head", "--block", f"--port={port}", "--num-cpus=2"]
-    cmd += ["--include-dashboard=false", "--disable-usage-stats"]
+    temp = tmp_path_factory.mktemp("ray")
+    cmd += ["--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_for_port(port, proc)
