@@ -403,14 +403,13 @@ class _GRUFn(torch.autograd.Function):
         )
 
 
-class _GRUMembers(torch.autograd.Function):
-    """:class:`_GRUFn` under ``torch.func.vmap`` over stacked ensemble members: its vmap rule
-    moves the member dimension to the front and runs the GRU once for all members. Only the
-    vmap rule is meant to run."""
+class _MembersOnly(torch.autograd.Function):
+    """Base of the kernels' vmap entry points: only the subclass's ``vmap`` rule is meant to
+    run (it hands the member dimension to the kernel); called outside vmap it raises."""
 
     @staticmethod
-    def forward(x, w_ih, w_hh, b_ih, b_hh):
-        raise RuntimeError("_GRUMembers runs only under torch.func.vmap")
+    def forward(*args):
+        raise RuntimeError("this kernel entry point runs only under torch.func.vmap")
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -418,7 +417,12 @@ class _GRUMembers(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads):  # pragma: no cover - forward never runs unbatched
-        raise RuntimeError("_GRUMembers runs only under torch.func.vmap")
+        raise RuntimeError("this kernel entry point runs only under torch.func.vmap")
+
+
+class _GRUMembers(_MembersOnly):
+    """:class:`_GRUFn` under ``torch.func.vmap`` over stacked ensemble members: its vmap rule
+    moves the member dimension to the front and runs the GRU once for all members."""
 
     @staticmethod
     def vmap(info, in_dims, *args):
@@ -1052,26 +1056,12 @@ class _FusedEulerFn(torch.autograd.Function):
         )
 
 
-class _FusedEulerMembers(torch.autograd.Function):
+class _FusedEulerMembers(_MembersOnly):
     """:class:`_FusedEulerFn` under ``torch.func.vmap`` (ensemble members stacked by
     :class:`~bayesdyn.models.MemberStack`): its vmap rule moves the member dimension of every
     input to the front (expanding unbatched ones) and runs the kernel once for all members,
     which the ordinary autograd graph outside vmap then differentiates.
-
-    Only the vmap rule is meant to run: called outside vmap it raises.
     """
-
-    @staticmethod
-    def forward(meta, z0, scaled, pre, prior_pre, active, target, rate, *params):
-        raise RuntimeError("_FusedEulerMembers runs only under torch.func.vmap")
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        pass
-
-    @staticmethod
-    def backward(ctx, *grads):  # pragma: no cover - forward never runs unbatched
-        raise RuntimeError("_FusedEulerMembers runs only under torch.func.vmap")
 
     @staticmethod
     def vmap(info, in_dims, meta, *args):
