@@ -36,9 +36,10 @@ DEFAULT_THREADS = 2
 _RESULT_TAG = "__PEAK_RSS_RESULT__"
 
 
-def configure_torch(num_threads: int = DEFAULT_THREADS) -> None:
-    """Pin the torch thread count (the benchmark machine has 2 cores) and use float32."""
-    torch.set_num_threads(num_threads)
+def configure_torch(num_threads: int | None = None) -> None:
+    """Pin the torch thread count (default ``DEFAULT_THREADS``: the benchmark machine has 2
+    cores; a script's ``--threads`` may change it) and use float32."""
+    torch.set_num_threads(DEFAULT_THREADS if num_threads is None else num_threads)
     torch.set_default_dtype(torch.float32)
 
 

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/bench_ensemble.py [--quick] [--members 8] [--seed N]
+    python benchmarks/bench_ensemble.py [--quick] [--members 8] [--seed N] [--threads T]
 
 Configuration: the foundation benchmark's small configuration (``_harness.SMALL_CONFIG``: 256
 series, 100 observation times on [0, 2], latent 4, hidden 64, context 16, dt 0.01), the
@@ -81,7 +81,17 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="fewer timing rounds")
     parser.add_argument("--members", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=_harness.DEFAULT_THREADS,
+        help="torch threads for the timed steps (1: the arithmetic-bound ratio, free of "
+        "how well each side uses a second core)",
+    )
     args = parser.parse_args(argv)
+    if args.threads < 1:
+        parser.error(f"--threads must be >= 1; got {args.threads}")
+    _harness.DEFAULT_THREADS = args.threads
     _harness.configure_torch()
     K = args.members
     cfg = _harness.SMALL_CONFIG
