@@ -30,6 +30,11 @@ oracle log-likelihoods of ../shared/data/README.md on the test split:
 - powerlaw_hawkes: the file does not match its stated parameters, so it has no oracle (its
   log-likelihood is reported without a gap or MAPE).
 
+The config's ``overrides`` section sets per-data-set values over the shared ones
+(``{"self_inhibiting": {"num_steps": 450}}``; keys ``num_steps``, ``batch_size``, ``lr``,
+``lr_final``, ``clip_norm``, ``eval_every`` and ``model``, whose entries merge into the model
+section); unknown data sets or keys are errors. ``--steps`` replaces every ``num_steps``.
+
 The last line printed is ``worst_gap_to_oracle_pct=<number>`` (the largest relative gap of the
 test log-likelihood per event over the data sets with an oracle; positive = worse than the
 truth). Results go to ``benchmarks/results/point_processes.json``.
@@ -84,7 +89,11 @@ SCHEMA = {
     "mape_dt": float,
     "mape_samples": int,
     "mape_chunk_size": int,
+    "overrides": dict,
 }
+
+#: Keys a per-data-set entry of ``overrides`` may set (``model`` merges into the model section).
+OVERRIDE_KEYS = ("num_steps", "batch_size", "lr", "lr_final", "clip_norm", "eval_every", "model")
 
 
 def load_pp_config(path) -> dict:
@@ -108,7 +117,48 @@ def load_pp_config(path) -> dict:
             f"{where}: model.init_intensity is set from the training data's event rate; remove it"
         )
     cfg["model_config"] = LatentJumpSDEConfig.from_dict(cfg["model"])  # checks the names
+    for name, ov in cfg["overrides"].items():
+        if name == "_comment":
+            continue
+        if name not in DATASETS:
+            raise BayesdynValueError(
+                f"{where}: overrides: unknown data set {name!r}; known {list(DATASETS)}"
+            )
+        if not isinstance(ov, dict):
+            raise BayesdynValueError(f"{where}: overrides.{name} must be an object; got {ov!r}")
+        bad = sorted(set(ov) - set(OVERRIDE_KEYS) - {"_comment"})
+        if bad:
+            raise BayesdynValueError(
+                f"{where}: overrides.{name}: unknown key(s) {bad}; allowed {list(OVERRIDE_KEYS)}"
+            )
+        dataset_config(cfg, name, where)  # checks the types, values and model names
     return cfg
+
+
+def dataset_config(cfg: dict, name: str, where: str = "config") -> dict:
+    """The config of data set ``name``: the shared one with ``overrides[name]`` applied (its
+    ``model`` entries merge into ``model``)."""
+    ov = {k: v for k, v in cfg["overrides"].get(name, {}).items() if k != "_comment"}
+    out = dict(cfg)
+    for k, v in ov.items():
+        if k == "model":
+            if not isinstance(v, dict):
+                raise BayesdynValueError(f"{where}: overrides.{name}.model must be an object")
+            if "init_intensity" in v:
+                raise BayesdynValueError(
+                    f"{where}: overrides.{name}.model.init_intensity is set from the data; remove it"
+                )
+            out["model"] = {**cfg["model"], **v}
+        else:
+            out[k] = common.check_value(f"{where}: overrides.{name}", k, v, SCHEMA[k])
+            common.check_positive_keys(out, [k], f"{where}: overrides.{name}")
+    try:
+        out["model_config"] = LatentJumpSDEConfig.from_dict(out["model"])
+    except (BayesdynValueError, TypeError) as e:
+        if name not in cfg["overrides"]:
+            raise
+        raise BayesdynValueError(f"{where}: overrides.{name}.model: {e}") from e
+    return out
 
 
 # ------------------------------------------------------------------ the true processes
@@ -258,7 +308,8 @@ def poisson_baseline(train_s, test_s) -> float:
 
 
 def run_dataset(name: str, cfg: dict, seed: int, log) -> dict:
-    """Train, select and test on one data set."""
+    """Train, select and test on one data set (with its ``overrides`` entry applied)."""
+    cfg = dataset_config(cfg, name)
     path = common.SHARED_DATA / "point_processes"
     splits = {
         s: load_point_process(path / f"{name}_{s}.csv")
@@ -314,6 +365,9 @@ def main(argv: list[str] | None = None) -> dict:
         if args.steps < 1:
             raise BayesdynValueError(f"--steps must be >= 1; got {args.steps}")
         cfg["num_steps"] = args.steps
+        for ov in cfg["overrides"].values():  # --steps wins over per-data-set num_steps too
+            if isinstance(ov, dict):
+                ov.pop("num_steps", None)
     names = cfg["datasets"] if args.datasets is None else args.datasets.split(",")
     bad = [n for n in names if n not in DATASETS]
     if bad:
