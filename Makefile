@@ -27,7 +27,9 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check bayesdyn tests examples benchmarks
 	$(VENV)/bin/ruff format --check bayesdyn tests examples benchmarks
-	$(PY) -m pytest -q
+	# One OpenMP thread unless set: small test ops gain nothing from a second thread, and on a
+	# shared 2-core machine a busy core stalls every 2-thread parallel region.
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q
 
 bench: $(VENV)/.installed-test
 	$(PY) benchmarks/bench_latent_sde.py
