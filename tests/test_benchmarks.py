@@ -252,3 +252,46 @@ def test_mocap_training_windows():
     np.testing.assert_array_equal(w[1, :, 0], x[1, 0:4, 0])  # sequence 1, start 0
     np.testing.assert_array_equal(w[2, :, 0], x[0, 3:7, 0])  # sequence 0, start 3
     assert mocap.windows(x, None, 3) is x
+
+
+pp = _load("bench_point_processes")
+
+
+def _pp_cfg(tmp_path, overrides):
+    cfg = json.loads((BENCH / "configs" / "point_processes.json").read_text())
+    cfg["overrides"] = overrides
+    path = tmp_path / "pp.json"
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+def test_point_process_config_overrides_apply_per_data_set(tmp_path):
+    cfg = pp.load_pp_config(BENCH / "configs" / "point_processes.json")  # the committed one
+    shared = json.loads((BENCH / "configs" / "point_processes.json").read_text())
+    for name in pp.DATASETS:
+        out = pp.dataset_config(cfg, name)
+        ov = {k: v for k, v in shared["overrides"].get(name, {}).items() if k != "_comment"}
+        for key in ("num_steps", "lr", "batch_size"):
+            assert out[key] == ov.get(key, shared[key]), (name, key)
+        model = {**shared["model"], **ov.get("model", {})}
+        assert out["model"] == model and out["model_config"].stable_drift == model["stable_drift"]
+    cfg = pp.load_pp_config(_pp_cfg(tmp_path, {"poisson": {"lr": 0.5, "model": {"dt": 0.1}}}))
+    out = pp.dataset_config(cfg, "poisson")
+    assert out["lr"] == 0.5 and out["model_config"].dt == 0.1
+    assert pp.dataset_config(cfg, "self_inhibiting")["lr"] == cfg["lr"]  # others untouched
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        ({"hawkes": {"lr": 0.1}}, r"overrides: unknown data set 'hawkes'"),
+        ({"poisson": {"epochs": 3}}, r"overrides.poisson: unknown key\(s\) \['epochs'\]"),
+        ({"poisson": {"num_steps": 0}}, r"overrides.poisson"),
+        ({"poisson": 3}, r"overrides.poisson must be an object"),
+        ({"poisson": {"model": {"widths": 3}}}, r"overrides.poisson.model"),
+        ({"poisson": {"model": {"init_intensity": 2.0}}}, r"init_intensity is set from the data"),
+    ],
+)
+def test_point_process_config_override_errors(tmp_path, overrides, match):
+    with pytest.raises(BayesdynValueError, match=match):
+        pp.load_pp_config(_pp_cfg(tmp_path, overrides))
