@@ -34,6 +34,7 @@ BENCHMARKS = {
     "mocap": ("bench_mocap.py", "Motion capture, setup 1 (CMU subject 35)"),
     "brusselator": ("bench_brusselator.py", "Stochastic Brusselator (GRU-ODE-Bayes data)"),
     "lynx_hare": ("bench_lynx_hare.py", "Lynx-hare, 5-year hold-out"),
+    "point_processes": ("bench_point_processes.py", "Point processes (Neural Jump SDE data)"),
 }
 BEGIN = "<!-- bench-results:begin -->"
 END = "<!-- bench-results:end -->"
