@@ -189,9 +189,7 @@ def _member_draws(
     if decoder is not None:
         with torch.no_grad():
             lp = decoder(lat_obs).log_prob(batch.values)  # [S, B, T, D] per channel
-            if scaler is not None:  # density of y = std * y_scaled + mean: subtract log std
-                lp = lp - torch.as_tensor(np.log(scaler.std), dtype=lp.dtype)
-            out["log_lik"] = lp
+            out["log_lik"] = _in_data_units(lp, scaler)
             if hasattr(decoder, "scale"):
                 scale = decoder.scale().expand(num_samples, -1)
                 out["obs_scale"] = scale if scaler is None else scaler.inverse_std(scale)
@@ -206,8 +204,20 @@ def _member_draws(
         out["diffusion"] = g.pow(2).mean((1, 2)).sqrt()
     if with_elbo:
         out["elbo"] = _draw_elbo(model, batch, num_samples)
-    # float64 for ArviZ: PSIS fits a generalised Pareto tail to log-weights, and float32 ties
-    # in a short tail make that fit divide by zero.
+    return _float64_arrays(out)
+
+
+def _in_data_units(lp: Tensor, scaler) -> Tensor:
+    """Log-densities of standardised values as densities of the data: ``y = std * y_s + mean``
+    subtracts ``log std`` per channel. Shapes: ``lp [..., D]`` -> same."""
+    if scaler is None:
+        return lp
+    return lp - torch.as_tensor(np.log(scaler.std), dtype=lp.dtype)
+
+
+def _float64_arrays(out: dict) -> dict[str, np.ndarray]:
+    """Per-draw tensors as float64 numpy arrays. float64 for ArviZ: PSIS fits a generalised
+    Pareto tail to log-weights, and float32 ties in a short tail make that fit divide by zero."""
     return {
         k: np.asarray(v.detach().cpu().double().numpy() if isinstance(v, Tensor) else v, float)
         for k, v in out.items()
@@ -271,9 +281,7 @@ def _jump_member_draws(
                     latent = gather_on_grid(path, prep.obs_index)  # [n, B, T, L]
                     obs_dist = model.decoder(latent)
                     lp = obs_dist.log_prob(batch.values)  # [n, B, T, D] per channel
-                    if scaler is not None:  # density of y = std * y_scaled + mean
-                        lp = lp - torch.as_tensor(np.log(scaler.std), dtype=lp.dtype)
-                    add("log_lik", lp)
+                    add("log_lik", _in_data_units(lp, scaler))
                     add("obs_rep", obs_dist.sample())
                     add("y", model.decoder(z).sample())
     finally:
@@ -287,10 +295,7 @@ def _jump_member_draws(
         out["obs_scale"] = scale if scaler is None else scaler.inverse_std(scale)
     if with_elbo:
         out["elbo"] = _draw_elbo(model, batch, num_samples)
-    return {
-        k: np.asarray(v.detach().cpu().double().numpy() if isinstance(v, Tensor) else v, float)
-        for k, v in out.items()
-    }
+    return _float64_arrays(out)
 
 
 def to_inference_data(
