@@ -56,7 +56,13 @@ import torch  # noqa: E402
 
 import bayesdyn  # noqa: E402
 from bayesdyn._validation import BayesdynValueError  # noqa: E402
-from bayesdyn.data import hawkes_intensity, hawkes_log_likelihood, load_point_process  # noqa: E402
+from bayesdyn.data import (  # noqa: E402
+    hawkes_intensity,
+    hawkes_log_likelihood,
+    load_point_process,
+    self_correcting_intensity,
+    self_correcting_log_likelihood,
+)
 from bayesdyn.inference import event_log_likelihood  # noqa: E402
 from bayesdyn.models import LatentJumpSDE, LatentJumpSDEConfig  # noqa: E402
 
@@ -162,21 +168,6 @@ def dataset_config(cfg: dict, name: str, where: str = "config") -> dict:
 
 
 # ------------------------------------------------------------------ the true processes
-def self_inhibiting_intensity(t: np.ndarray, events: np.ndarray, mu: float, beta: float):
-    """``exp(mu t - beta N(t-))`` (left limits). Shapes: ``t [Q]``, ``events [N]`` -> ``[Q]``."""
-    n_before = np.searchsorted(events, t, side="left")
-    return np.exp(mu * t - beta * n_before)
-
-
-def self_inhibiting_log_likelihood(events: np.ndarray, t1: float, mu: float, beta: float):
-    """Exact log-likelihood on ``[0, t1]``: ``sum log lambda(t_i) - int lambda`` (closed form)."""
-    n = np.arange(events.size)
-    edges = np.concatenate([[0.0], events, [t1]])
-    k = np.arange(edges.size - 1)
-    comp = np.sum(np.exp(-beta * k) * (np.exp(mu * edges[1:]) - np.exp(mu * edges[:-1])) / mu)
-    return float(np.sum(mu * events - beta * n) - comp)
-
-
 def true_log_likelihood(name: str, events: np.ndarray) -> float | None:
     """Exact log-likelihood of one sequence on ``[0, 100]`` under the generating process."""
     if name == "poisson":
@@ -184,7 +175,7 @@ def true_log_likelihood(name: str, events: np.ndarray) -> float | None:
     if name == "exponential_hawkes":
         return hawkes_log_likelihood(events, 0.0, T_END, **HAWKES)
     if name == "self_inhibiting":
-        return self_inhibiting_log_likelihood(events, T_END, **SELF_INHIBITING)
+        return self_correcting_log_likelihood(events, 0.0, T_END, **SELF_INHIBITING)
     return None
 
 
@@ -195,7 +186,7 @@ def true_intensity(name: str, t: np.ndarray, events: np.ndarray) -> np.ndarray |
     if name == "exponential_hawkes":
         return hawkes_intensity(t, events, **HAWKES)
     if name == "self_inhibiting":
-        return self_inhibiting_intensity(t, events, **SELF_INHIBITING)
+        return self_correcting_intensity(t, events, **SELF_INHIBITING)
     return None
 
 

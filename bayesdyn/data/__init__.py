@@ -30,8 +30,11 @@ from ._synthetic_jumps import (
     hawkes_intensity,
     hawkes_log_likelihood,
     merton_log_density,
+    self_correcting_intensity,
+    self_correcting_log_likelihood,
     simulate_hawkes,
     simulate_merton,
+    simulate_self_correcting,
 )
 
 __all__ = [
@@ -55,7 +58,10 @@ __all__ = [
     "read_events_csv",
     "simulate_double_ou",
     "simulate_gbm",
+    "self_correcting_intensity",
+    "self_correcting_log_likelihood",
     "simulate_hawkes",
+    "simulate_self_correcting",
     "simulate_lorenz",
     "simulate_merton",
     "simulate_ou",

@@ -231,6 +231,7 @@ def forecast_events(
                     t_end.repeat(n),
                     num_steps,
                     max_events=max_events,
+                    interpolation=getattr(model, "interpolation", "linear"),
                 )
                 N = sim.times.shape[-1]
                 parts["times"].append(sim.times.reshape(n, B, N))

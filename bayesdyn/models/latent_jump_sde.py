@@ -6,7 +6,7 @@ observed events ``(t_i, m_i)``::
     z0[b]   ~ Normal(m0, s0)                                             site "z0"
     z[b]    ~ latent SDE dz = f_p(t, z) dt + g(z) dW between events,      site "z"  (event [U, L])
               with z(t_i+) = z(t_i-) + J(z(t_i-), onehot(m_i)) at each event
-    events  ~ TemporalPointProcess(lambda_k(t) = softplus(W z(t) + c)_k)  site "events" (observed)
+    events  ~ TemporalPointProcess(lambda_k(t) = link(W z(t) + c)_k)     site "events" (observed)
     y[b,j]  ~ Normal(decoder(z(s_j)), sigma)  if obs_dim > 0             site "obs"  (masked)
     jumps   = J(z(t_i-), m_i) at each event                               site "jumps" (deterministic)
 
@@ -14,8 +14,11 @@ On the solver grid (the union of observation, event and window times, refined to
 values are left limits: the step leaving an event's grid point starts from the jumped state
 ``z+ = z + J(z, m)``, which ``SDEPath`` sees as the impulsive drift ``(z+ - z) / dt_k`` of that
 step (so the path keeps the exact Euler–Maruyama density, and the jump term cancels exactly in
-the low-variance path KL because prior and posterior jump alike). The intensity is linear
-between ``lambda(z+_k)`` and ``lambda(z_{k+1})`` on each step; an event reads the left limit.
+the low-variance path KL because prior and posterior jump alike). The link is ``softplus``
+(default) or ``exp`` (``intensity_link``). On each step the intensity is linear between
+``lambda(z+_k)`` and ``lambda(z_{k+1})`` for the softplus link, and log-linear for the exp link
+(then ``log lambda`` is linear in time along the step, as it is in the state); an event reads
+the left limit.
 
 Guide (``guide``): the foundation's posterior SDE (same diffusion, a drift that reads an
 encoder context), whose GRU encoder runs over the merged rows of observations *and* events
@@ -72,6 +75,10 @@ EVENTS_SITE = "events"
 JUMPS_SITE = "jumps"
 
 
+#: Intensity link -> interpolation of the intensity on a solver step (see the module docstring).
+_LINKS = {"softplus": "linear", "exp": "log_linear"}
+
+
 @dataclass
 class LatentJumpSDEConfig(ModelOptions):
     """Hyperparameters of :class:`LatentJumpSDE` (plain values, so they save as JSON).
@@ -83,7 +90,14 @@ class LatentJumpSDEConfig(ModelOptions):
             as in :class:`~bayesdyn.models.LatentSDEConfig`.
         jump_hidden_dim: width of the jump network ``J(z, onehot(m))``.
         init_intensity: initial intensity per mark (the intensity head's bias).
-        min_intensity: floor added to the softplus intensity (keeps ``log lambda`` finite).
+        min_intensity: floor added to the linked intensity (keeps ``log lambda`` finite).
+        intensity_link: ``"softplus"`` (default): ``lambda = softplus(W z + c)``, linear on each
+            solver step. ``"exp"``: ``lambda = exp(min(W z + c, max_log_intensity))``,
+            log-linear on each step: it represents intensities that grow or decay
+            exponentially between events (self-correcting processes, ``lambda = exp(mu t -
+            beta N(t))``) exactly with a constant drift and constant jumps.
+        max_log_intensity: cap on ``W z + c`` under the exp link (``exp(30) ~ 1e13``), so a
+            stray state cannot overflow the intensity.
         stable_drift, diffusion_min, diffusion_max, diffusion_state_dependent, time_input:
             as in ``LatentSDEConfig``.
         obs_scale_init: initial scale of the Gaussian decoder (``obs_dim > 0``).
@@ -107,6 +121,8 @@ class LatentJumpSDEConfig(ModelOptions):
     jump_hidden_dim: int = 32
     init_intensity: float = 1.0
     min_intensity: float = 1e-6
+    intensity_link: str = "softplus"
+    max_log_intensity: float = 30.0
     stable_drift: bool = True
     diffusion_min: float = 1e-3
     diffusion_max: float = 0.5
@@ -120,6 +136,15 @@ class LatentJumpSDEConfig(ModelOptions):
     def __post_init__(self):
         if self.guide not in ("encoder", "prior"):
             raise BayesdynValueError(f"guide must be 'encoder' or 'prior'; got {self.guide!r}")
+        if self.intensity_link not in _LINKS:
+            raise BayesdynValueError(
+                f"intensity_link must be one of {sorted(_LINKS)}; got {self.intensity_link!r}"
+            )
+        if not (math.log(max(self.init_intensity, 1e-300)) < self.max_log_intensity):
+            raise BayesdynValueError(
+                f"max_log_intensity must exceed log(init_intensity)="
+                f"{math.log(self.init_intensity):.3g}; got {self.max_log_intensity}"
+            )
         for name, lo in (("obs_dim", 0), ("num_marks", 1), ("jump_hidden_dim", 1)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
@@ -296,18 +321,31 @@ class LatentJumpSDE(ConfigCheckpoint, PyroModule):
         L, K = c.latent_dim, c.num_marks
         self.intensity_head = nn.Linear(L, K)
         nn.init.normal_(self.intensity_head.weight, std=0.1)
-        nn.init.constant_(
-            self.intensity_head.bias, math.log(math.expm1(c.init_intensity - c.min_intensity))
-        )
+        lam0 = c.init_intensity - c.min_intensity
+        bias = math.log(math.expm1(lam0)) if c.intensity_link == "softplus" else math.log(lam0)
+        nn.init.constant_(self.intensity_head.bias, bias)
         self.jump_net = JumpNet(L, K, c.jump_hidden_dim)
         self.decoder = (
             GaussianDecoder(L, c.obs_dim, 0, init_scale=c.obs_scale_init) if c.obs_dim else None
         )
 
     # ------------------------------------------------------------------ pieces
+    @property
+    def interpolation(self) -> str:
+        """How the intensity runs between solver grid points: ``"linear"`` or ``"log_linear"``."""
+        return _LINKS[self.config.intensity_link]
+
     def intensity(self, z: Tensor) -> Tensor:
-        """Per-mark intensity ``softplus(W z + c) + min_intensity``. Shapes: ``[..., L] -> [..., K]``."""
-        return F.softplus(self.intensity_head(z)) + self.config.min_intensity
+        """Per-mark intensity ``link(W z + c) + min_intensity`` (``intensity_link``).
+
+        Shapes: ``[..., L] -> [..., K]``.
+        """
+        x = self.intensity_head(z)
+        if self.config.intensity_link == "exp":
+            lam = torch.exp(x.clamp(max=self.config.max_log_intensity))
+        else:
+            lam = F.softplus(x)
+        return lam + self.config.min_intensity
 
     def jump(self, z: Tensor, onehot: Tensor) -> Tensor:
         """State jump at an event. Shapes: ``z [..., L]``, ``onehot [..., K]`` -> ``[..., L]``."""
@@ -450,6 +488,7 @@ class LatentJumpSDE(ConfigCheckpoint, PyroModule):
                 start=lam_right[..., :-1, :],
                 end=lam_left[..., 1:, :],
                 window=ev.window.to(z.dtype).unsqueeze(1),
+                interpolation=self.interpolation,
             )
             pyro.sample(EVENTS_SITE, tpp, obs=ev.to_value().to(z.dtype).unsqueeze(1))
             idx = prep.event_index.unsqueeze(1)  # [B, 1, N]

@@ -1,15 +1,16 @@
 r"""``TemporalPointProcess``: a Pyro distribution over (marked) event times on an observation window.
 
 The intensity is given on the solver grid, typically read off a latent path: per-mark
-intensities :math:`\lambda_k(t)` are linear on each grid interval between their values at the
+intensities :math:`\lambda_k(t)` are linear (or, with ``interpolation="log_linear"``,
+log-linear: :math:`a^{1-w} b^w`) on each grid interval between their values at the
 interval's ends (``start``: right limit at the left end, ``end``: left limit at the right end),
 so they may jump at grid points, e.g. at events that make a latent state jump. The
 log-likelihood of events :math:`(t_i, m_i)` in the window :math:`[a, b]` is
 
 .. math:: \log p = \sum_i \log \lambda_{m_i}(t_i^-) - \int_a^b \sum_k \lambda_k(t)\,dt,
 
-with the compensator integrated exactly for the piecewise-linear intensity (the trapezoid sum
-on the grid). :meth:`TemporalPointProcess.compensator_error` estimates its distance to the
+with the compensator integrated exactly for the piecewise intensity (the trapezoid sum on the
+grid; for log-linear pieces each interval's length times the logarithmic mean of its ends). :meth:`TemporalPointProcess.compensator_error` estimates its distance to the
 integral of the smooth intensity the grid values sample; refine the grid until it is small.
 Sampling is exact thinning (:func:`bayesdyn.solvers.thinning_sample`).
 
@@ -28,6 +29,7 @@ from torch import Tensor
 
 from .._validation import BayesdynTypeError, BayesdynValueError, is_validation_enabled
 from ..solvers import (
+    check_interpolation,
     piecewise_linear_at,
     piecewise_linear_integral,
     thinning_sample,
@@ -39,7 +41,7 @@ __all__ = ["TemporalPointProcess"]
 
 
 class TemporalPointProcess(TorchDistribution):
-    """Distribution of a (marked) temporal point process with a piecewise-linear intensity.
+    """Distribution of a (marked) temporal point process with a piecewise (log-)linear intensity.
 
     Generative story: events in ``[window[0], window[1]]`` form a Poisson process with
     intensity :math:`\\sum_k \\lambda_k(t)` given the intensity path, and each event's mark is
@@ -60,6 +62,9 @@ class TemporalPointProcess(TorchDistribution):
             by ``Predictive(parallel=True)``); ``event_shape`` is then ``(max_events, 2)``.
             Without it, samples are padded to the largest count and ``event_shape`` is the
             placeholder ``(0, 2)``; ``log_prob`` accepts any ``N`` either way.
+        interpolation: ``"linear"`` (default) or ``"log_linear"`` between the grid values; the
+            latter needs positive intensities and suits an exponential link
+            ``lambda = exp(W z)`` of a path that is linear on each step.
 
     Shapes:
         - ``grid``: ``[U]``; ``intensity``: ``[*batch, U, K]``; ``start``/``end``:
@@ -80,9 +85,11 @@ class TemporalPointProcess(TorchDistribution):
         end: Tensor | None = None,
         window: Tensor | None = None,
         max_events: int | None = None,
+        interpolation: str = "linear",
         validate_args=None,
     ):
         check_grid(grid, min_points=2)
+        check_interpolation(interpolation)
         U = grid.numel()
         if intensity is not None:
             if start is not None or end is not None:
@@ -107,10 +114,12 @@ class TemporalPointProcess(TorchDistribution):
         start, end = torch.broadcast_tensors(start, end)
         if is_validation_enabled():
             for name, x in (("start", start), ("end", end)):
-                bad = ~torch.isfinite(x) | (x < 0)
+                positive = interpolation == "log_linear"
+                bad = ~torch.isfinite(x) | ((x <= 0) if positive else (x < 0))
                 if bool(bad.any()):
+                    kind = "positive (log_linear interpolation)" if positive else "non-negative"
                     raise BayesdynValueError(
-                        f"{name} (the intensity) must be finite and non-negative; got "
+                        f"{name} (the intensity) must be finite and {kind}; got "
                         f"{float(x[bad].flatten()[0])}"
                     )
         batch_shape = start.shape[:-2]
@@ -138,6 +147,7 @@ class TemporalPointProcess(TorchDistribution):
         self.end = end
         self.window = window
         self.max_events = max_events
+        self.interpolation = interpolation
         self.num_marks = int(start.shape[-1])
         event_shape = torch.Size((max_events or 0, 2))
         super().__init__(batch_shape, event_shape, validate_args=validate_args)
@@ -150,6 +160,7 @@ class TemporalPointProcess(TorchDistribution):
         new.end = self.end.expand(batch_shape + self.end.shape[-2:])
         new.window = None if self.window is None else self.window.expand(batch_shape + (2,))
         new.max_events = self.max_events
+        new.interpolation = self.interpolation
         new.num_marks = self.num_marks
         super(TemporalPointProcess, new).__init__(
             batch_shape, self.event_shape, validate_args=False
@@ -165,20 +176,24 @@ class TemporalPointProcess(TorchDistribution):
 
     def intensity_at(self, times: Tensor) -> Tensor:
         """Per-mark intensity (left limits) at ``times``. Shapes: ``[..., N]`` -> ``[..., N, K]``."""
-        return piecewise_linear_at(self.grid, self.start, self.end, times)
+        return piecewise_linear_at(self.grid, self.start, self.end, times, self.interpolation)
 
     def compensator(self) -> Tensor:
         """Exact integral of the total intensity over the window. Shapes: ``[*batch]``."""
         lo, hi = self._bounds()
-        comp = piecewise_linear_integral(self.grid, self.start, self.end, lo, hi).sum(-1)
+        comp = piecewise_linear_integral(
+            self.grid, self.start, self.end, lo, hi, self.interpolation
+        ).sum(-1)
         return comp.expand(self.batch_shape)
 
     def compensator_error(self) -> Tensor:
-        """Estimated ``smooth - trapezoid`` compensator error over the whole grid.
+        """Estimated ``smooth - discretised`` compensator error over the whole grid.
 
         See :func:`bayesdyn.solvers.trapezoid_error_estimate`. Shapes: ``[*batch]``.
         """
-        return trapezoid_error_estimate(self.grid, self.start, self.end).sum(-1)
+        return trapezoid_error_estimate(
+            self.grid, self.start, self.end, interpolation=self.interpolation
+        ).sum(-1)
 
     def check_compensator(self, rtol: float = 1e-3) -> None:
         """Raise if the estimated compensator error exceeds ``rtol`` times the compensator.
@@ -268,7 +283,9 @@ class TemporalPointProcess(TorchDistribution):
         if lo is not None:
             lo, hi = lo.expand(shape), hi.expand(shape)
         with torch.no_grad():
-            times, marks, mask = thinning_sample(self.grid, start, end, lo, hi)
+            times, marks, mask = thinning_sample(
+                self.grid, start, end, lo, hi, interpolation=self.interpolation
+            )
         N = times.shape[-1]
         if self.max_events is not None:
             if int(mask.sum(-1).max()) > self.max_events:

@@ -13,8 +13,12 @@ from ._euler import (
 )
 from ._grid import UnionGrid, gather_on_grid, make_union_grid, torchsde_layout
 from ._thinning import (
+    INTERPOLATIONS,
     JumpSimulation,
+    check_interpolation,
+    interpolate,
     interval_index,
+    interval_mean,
     piecewise_linear_at,
     piecewise_linear_integral,
     simulate_jump_diffusion_events,
@@ -24,14 +28,18 @@ from ._thinning import (
 from ._torchsde import solve_torchsde
 
 __all__ = [
+    "INTERPOLATIONS",
     "EulerPath",
     "JumpSimulation",
     "UnionGrid",
     "check_finite_path",
+    "check_interpolation",
     "euler_log_prob",
     "euler_maruyama",
     "euler_transition_log_prob",
     "gather_on_grid",
+    "interpolate",
+    "interval_mean",
     "interval_index",
     "make_union_grid",
     "piecewise_linear_at",

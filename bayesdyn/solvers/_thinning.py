@@ -2,13 +2,17 @@ r"""Point-process numerics: piecewise-linear intensities on a grid, the compensa
 
 An intensity "on the solver grid" is given per grid interval ``[t_k, t_{k+1}]`` by its values
 at the two ends, ``start[k]`` (the right limit at ``t_k``) and ``end[k]`` (the left limit at
-``t_{k+1}``), and is linear in between. Separate ends let the intensity jump at grid points,
+``t_{k+1}``), and is linear in between (``interpolation="linear"``) or log-linear
+(``"log_linear"``: :math:`\lambda(t) = a^{1-w} b^{w}`, the interpolation that matches an
+exponential link ``lambda = exp(W z)`` of a latent path that is linear on each step, exact for
+an intensity that grows or decays exponentially between events). Separate ends let the intensity jump at grid points,
 which is what happens at the events of a self-exciting process or of a latent state that
 jumps at each event. An event at a grid point ``t_{k+1}`` reads the left limit ``end[k]``
 (the intensity *before* the event's own jump).
 
-For that piecewise-linear intensity the compensator :math:`\int \lambda\,dt` is the trapezoid
-sum, which is exact; :func:`trapezoid_error_estimate` estimates how far it is from the
+For the piecewise-linear intensity the compensator :math:`\int \lambda\,dt` is the trapezoid
+sum; for the log-linear one each interval contributes its length times the logarithmic mean
+:math:`(b - a)/(\log b - \log a)` of its ends. Both are exact for their interpolation; :func:`trapezoid_error_estimate` estimates how far it is from the
 integral of the smooth intensity whose grid values were given, and :func:`thinning_sample`
 draws events exactly from it (Lewis–Shedler/Ogata thinning with a piecewise-constant bound).
 :func:`simulate_jump_diffusion_events` simulates a diffusion whose state jumps at each event
@@ -31,7 +35,11 @@ from torch import Tensor
 from .._validation import BayesdynValueError
 
 __all__ = [
+    "INTERPOLATIONS",
     "JumpSimulation",
+    "check_interpolation",
+    "interpolate",
+    "interval_mean",
     "interval_index",
     "piecewise_linear_at",
     "piecewise_linear_integral",
@@ -39,6 +47,54 @@ __all__ = [
     "thinning_sample",
     "trapezoid_error_estimate",
 ]
+
+
+INTERPOLATIONS = ("linear", "log_linear")
+
+
+def check_interpolation(interpolation: str) -> str:
+    """Return ``interpolation`` if it is ``"linear"`` or ``"log_linear"``, else raise."""
+    if interpolation not in INTERPOLATIONS:
+        raise BayesdynValueError(
+            f"interpolation must be one of {list(INTERPOLATIONS)}; got {interpolation!r}"
+        )
+    return interpolation
+
+
+def interpolate(a: Tensor, b: Tensor, w: Tensor, interpolation: str = "linear") -> Tensor:
+    """Value at fraction ``w`` of an interval with end values ``a``, ``b``.
+
+    ``"linear"``: ``a + (b - a) w``; ``"log_linear"``: ``a^(1-w) b^w`` (``a``, ``b`` > 0).
+
+    Shapes: broadcastable ``a``, ``b``, ``w`` -> their broadcast shape.
+    """
+    if interpolation == "linear":
+        return a + (b - a) * w
+    check_interpolation(interpolation)
+    return a * torch.exp(w * (torch.log(b) - torch.log(a)))
+
+
+def interval_mean(a: Tensor, b: Tensor, interpolation: str = "linear") -> Tensor:
+    """Mean over an interval of the interpolant between end values ``a`` and ``b``.
+
+    ``"linear"``: the arithmetic mean ``(a + b) / 2``. ``"log_linear"``: the logarithmic mean
+    ``(b - a) / (log b - log a)`` (``a`` where ``a == b``), evaluated as
+    ``a (e^x - 1) / x`` with ``x = log(b / a)`` and its Taylor series (to ``x^3``) for
+    ``|x| < 1e-3``, so
+    values and gradients stay finite and accurate when the ends nearly agree.
+
+    Shapes: broadcastable ``a``, ``b`` -> their broadcast shape.
+    """
+    if interpolation == "linear":
+        return 0.5 * (a + b)
+    check_interpolation(interpolation)
+    x = torch.log(b) - torch.log(a)
+    small = x.abs() < 1e-3
+    x_safe = torch.where(small, torch.ones_like(x), x)
+    ratio = torch.where(
+        small, 1.0 + x * (0.5 + x * (1.0 / 6.0 + x / 24.0)), torch.expm1(x_safe) / x_safe
+    )
+    return a * ratio
 
 
 def interval_index(grid: Tensor, t: Tensor) -> Tensor:
@@ -52,13 +108,16 @@ def interval_index(grid: Tensor, t: Tensor) -> Tensor:
     return k.clamp(0, max(grid.numel() - 2, 0))
 
 
-def piecewise_linear_at(grid: Tensor, start: Tensor, end: Tensor, t: Tensor) -> Tensor:
-    """Evaluate the piecewise-linear intensity at times ``t`` (left limits at grid points).
+def piecewise_linear_at(
+    grid: Tensor, start: Tensor, end: Tensor, t: Tensor, interpolation: str = "linear"
+) -> Tensor:
+    """Evaluate the piecewise intensity at times ``t`` (left limits at grid points).
 
     Args:
         grid: strictly increasing times.
         start, end: values at the left and right end of each interval.
         t: query times, per batch row.
+        interpolation: ``"linear"`` or ``"log_linear"`` between the ends (see the module).
 
     Shapes:
         ``grid [U]``, ``start``/``end [..., U-1, K]``, ``t [..., N]`` -> ``[..., N, K]``.
@@ -71,20 +130,28 @@ def piecewise_linear_at(grid: Tensor, start: Tensor, end: Tensor, t: Tensor) -> 
     idx = idx.expand(*shape, *idx.shape[-2:])
     a = torch.gather(start.expand(*shape, *start.shape[-2:]), -2, idx)
     b = torch.gather(end.expand(*shape, *end.shape[-2:]), -2, idx)
-    return a + (b - a) * w
+    return interpolate(a, b, w, interpolation)
 
 
 def piecewise_linear_integral(
-    grid: Tensor, start: Tensor, end: Tensor, lo: Tensor | None = None, hi: Tensor | None = None
+    grid: Tensor,
+    start: Tensor,
+    end: Tensor,
+    lo: Tensor | None = None,
+    hi: Tensor | None = None,
+    interpolation: str = "linear",
 ) -> Tensor:
-    """Exact integral of the piecewise-linear intensity over ``[lo, hi]`` (the compensator).
+    """Exact integral of the piecewise intensity over ``[lo, hi]`` (the compensator).
 
-    Intervals are clipped to the window, so the window ends need not be grid points.
+    Intervals are clipped to the window, so the window ends need not be grid points. A clipped
+    interval's part is again linear (log-linear) between its interpolated ends, so each part
+    contributes its length times :func:`interval_mean` of those ends.
 
     Args:
         grid: strictly increasing times.
         start, end: values at the left and right end of each interval.
         lo, hi: window per batch row (default: the whole grid).
+        interpolation: ``"linear"`` or ``"log_linear"`` between the ends (see the module).
 
     Shapes:
         ``grid [U]``, ``start``/``end [..., U-1, K]``, ``lo``/``hi [...]`` -> ``[..., K]``.
@@ -92,7 +159,7 @@ def piecewise_linear_integral(
     a, b = grid[:-1].to(start.dtype), grid[1:].to(start.dtype)
     h = b - a
     if lo is None and hi is None:
-        return (0.5 * (start + end) * h.unsqueeze(-1)).sum(-2)
+        return (interval_mean(start, end, interpolation) * h.unsqueeze(-1)).sum(-2)
     lo_ = a[0] if lo is None else lo
     hi_ = b[-1] if hi is None else hi
     lo_ = torch.as_tensor(lo_, dtype=start.dtype).unsqueeze(-1)
@@ -102,28 +169,37 @@ def piecewise_linear_integral(
     length = (cb - ca).clamp(min=0.0)
     wa = ((ca - a) / h).clamp(0, 1).unsqueeze(-1)
     wb = ((cb - a) / h).clamp(0, 1).unsqueeze(-1)
-    va = start + (end - start) * wa
-    vb = start + (end - start) * wb
-    return (0.5 * (va + vb) * length.unsqueeze(-1)).sum(-2)
+    va = interpolate(start, end, wa, interpolation)
+    vb = interpolate(start, end, wb, interpolation)
+    return (interval_mean(va, vb, interpolation) * length.unsqueeze(-1)).sum(-2)
 
 
 def trapezoid_error_estimate(
-    grid: Tensor, start: Tensor, end: Tensor, continuous: Tensor | None = None
+    grid: Tensor,
+    start: Tensor,
+    end: Tensor,
+    continuous: Tensor | None = None,
+    interpolation: str = "linear",
 ) -> Tensor:
-    r"""Estimated error ``exact - trapezoid`` of the compensator of a piecewise-smooth intensity.
+    r"""Estimated error ``exact - discretised`` of the compensator of a piecewise-smooth intensity.
 
     The trapezoid rule on an interval of length :math:`h` misses
     :math:`-h^3 f''(\xi)/12`. :math:`f''` is estimated by the second divided difference at each
     interior grid point where the intensity is continuous, averaged over the two ends of an
     interval (one end where the other is a jump; zero for an interval with jumps at both ends).
-    Use it to check that the grid is fine enough: the trapezoid compensator is exact for the
-    discretised (piecewise-linear) model, and this estimates its distance to the smooth one.
+    For ``interpolation="log_linear"`` the same estimate is made for :math:`g = \log\lambda`,
+    and an interval misses about :math:`\bar\lambda \cdot (-h^3 g''/12)` (first order in
+    :math:`g - \hat g`, with :math:`\bar\lambda` the interval's mean intensity).
+    Use it to check that the grid is fine enough: the discretised compensator is exact for the
+    discretised (piecewise-linear or log-linear) model, and this estimates its distance to the
+    smooth one.
 
     Args:
         grid: strictly increasing times.
         start, end: values at the ends of each interval.
         continuous: whether the intensity is continuous at each interior grid point (default:
             where ``end[k-1] == start[k]`` for every mark).
+        interpolation: ``"linear"`` or ``"log_linear"`` (see the module).
 
     Shapes:
         ``grid [U]``, ``start``/``end [..., U-1, K]``, ``continuous [..., U-2]`` -> ``[..., K]``.
@@ -133,8 +209,9 @@ def trapezoid_error_estimate(
     h = (grid[1:] - grid[:-1]).to(start.dtype)  # [U-1]
     if continuous is None:
         continuous = (end[..., :-1, :] == start[..., 1:, :]).all(-1)
+    fs, fe = (start, end) if interpolation == "linear" else (start.log(), end.log())
     # Second divided difference at interior point j (between intervals j-1 and j).
-    f_prev, f_mid, f_next = start[..., :-1, :], start[..., 1:, :], end[..., 1:, :]
+    f_prev, f_mid, f_next = fs[..., :-1, :], fs[..., 1:, :], fe[..., 1:, :]
     h0, h1 = h[:-1].unsqueeze(-1), h[1:].unsqueeze(-1)
     d2 = 2.0 * ((f_next - f_mid) / h1 - (f_mid - f_prev) / h0) / (h0 + h1)  # [..., U-2, K]
     ok = continuous.unsqueeze(-1).to(start.dtype)
@@ -144,7 +221,10 @@ def trapezoid_error_estimate(
     left_d, right_d = torch.cat([zeros, d2], -2), torch.cat([d2, zeros], -2)  # per interval
     left_ok, right_ok = torch.cat([ok0, ok], -2), torch.cat([ok, ok0], -2)
     f2 = (left_d + right_d) / (left_ok + right_ok).clamp(min=1.0)
-    return -(h.unsqueeze(-1) ** 3 / 12.0 * f2).sum(-2)
+    miss = -(h.unsqueeze(-1) ** 3) / 12.0 * f2
+    if interpolation != "linear":
+        miss = miss * interval_mean(start, end, interpolation)
+    return miss.sum(-2)
 
 
 def thinning_sample(
@@ -154,20 +234,23 @@ def thinning_sample(
     lo: Tensor | None = None,
     hi: Tensor | None = None,
     *,
+    interpolation: str = "linear",
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Draw marked events exactly from a piecewise-linear intensity by thinning (no Python loop).
+    """Draw marked events exactly from a piecewise intensity by thinning (no Python loop).
 
     On each grid interval (clipped to the window) candidates form a homogeneous Poisson process
     with the interval's bound ``max(start, end)`` of the total intensity; a candidate at ``t``
     is kept with probability ``lambda(t) / bound`` and gets mark ``k`` with probability
     ``lambda_k(t) / lambda(t)``. This is Lewis–Shedler thinning, exact for the piecewise-linear
-    intensity (the maximum of a linear function on an interval is at an end).
+    and the log-linear intensity (the total is linear, or a sum of exponentials, hence convex,
+    on an interval, so its maximum is at an end).
 
     Args:
         grid: strictly increasing times.
         start, end: per-mark intensities (non-negative) at the ends of each interval.
         lo, hi: window per batch row (default: the whole grid).
+        interpolation: ``"linear"`` or ``"log_linear"`` between the ends (see the module).
         generator: torch random generator.
 
     Returns:
@@ -201,7 +284,7 @@ def thinning_sample(
     u = torch.rand(total, dtype=dtype, device=grid.device, generator=generator)
     tau = ca.reshape(-1)[cell] + u * length.reshape(-1)[cell]
     w = ((tau - a_t[k]) / (b_t[k] - a_t[k])).unsqueeze(-1)
-    lam = s[row, k] + (e[row, k] - s[row, k]) * w  # [C, K]
+    lam = interpolate(s[row, k], e[row, k], w, interpolation)  # [C, K]
     lam_tot = lam.sum(-1)
     keep = (
         torch.rand(total, dtype=dtype, device=grid.device, generator=generator) * bound[row, k]
@@ -256,14 +339,15 @@ def simulate_jump_diffusion_events(
     num_steps: int,
     *,
     max_events: int = 10_000,
+    interpolation: str = "linear",
     generator: torch.Generator | None = None,
 ) -> JumpSimulation:
     r"""Simulate a diffusion whose state jumps at the events of a state-driven point process.
 
     Each row runs on its own clock from ``t_start`` to ``t_end`` over ``num_steps`` equal
     steps, split at every event. On a step from ``t`` to ``t + h`` the state proposal is the
-    Euler–Maruyama move ``z' = z + f h + g \Delta W``; the intensity on the step is linear
-    between ``lambda(z)`` and ``lambda(z')`` and candidate events come from Ogata thinning with
+    Euler–Maruyama move ``z' = z + f h + g \Delta W``; the intensity on the step is linear (or
+    log-linear, see ``interpolation``) between ``lambda(z)`` and ``lambda(z')`` and candidate events come from Ogata thinning with
     the bound ``max(lambda(z), lambda(z'))``. At an accepted event ``s`` the state is
     ``z + f (s - t) + g \Delta W_s`` with ``\Delta W_s`` drawn from the Brownian bridge given
     ``\Delta W``, a mark is drawn with probabilities ``lambda_k(s)/lambda(s)``, the state jumps
@@ -278,6 +362,7 @@ def simulate_jump_diffusion_events(
         t_start, t_end: per-row simulation window.
         num_steps: ``M`` steps per row (the step is ``(t_end - t_start) / M``).
         max_events: cap on the events of one row (raises beyond it).
+        interpolation: ``"linear"`` or ``"log_linear"`` intensity on a step (see the module).
         generator: torch random generator.
 
     Returns:
@@ -338,7 +423,7 @@ def simulate_jump_diffusion_events(
             q = p[~past]
             if q.numel():
                 w = ((s[q] - ti[q]) / h[q]).unsqueeze(-1)
-                lam_s = (la[q] + (lb[q] - la[q]) * w).sum(-1)
+                lam_s = interpolate(la[q], lb[q], w, interpolation).sum(-1)
                 u = torch.rand(q.shape, dtype=dtype, device=dev, generator=generator)
                 acc = u * bound[q] < lam_s
                 accepted[q[acc]] = True
@@ -359,7 +444,7 @@ def simulate_jump_diffusion_events(
             xi = torch.randn(dw[a].shape, dtype=dtype, device=dev, generator=generator)
             dw_s = frac * dw[a] + (frac * (1 - frac) * h[a].unsqueeze(-1)).sqrt() * xi
             z_s = zi[a] + f[a] * (s[a] - ti[a]).unsqueeze(-1) + g[a] * dw_s
-            lam_s = la[a] + (lb[a] - la[a]) * frac
+            lam_s = interpolate(la[a], lb[a], frac, interpolation)
             mark = torch.multinomial(lam_s, 1, generator=generator).squeeze(-1)
             if bool((count[ai] >= max_events).any()):
                 raise BayesdynValueError(
