@@ -96,6 +96,10 @@ class LatentJumpSDEConfig(ModelOptions):
             log-linear on each step: it represents intensities that grow or decay
             exponentially between events (self-correcting processes, ``lambda = exp(mu t -
             beta N(t))``) exactly with a constant drift and constant jumps.
+        zero_drift_init: start the prior and posterior drift networks' output layers at zero,
+            so that (with the jump network, which always starts at zero) training starts from a
+            homogeneous Poisson process at ``init_intensity``; with the exp link this keeps a
+            random initial drift from making the initial intensity explode.
         max_log_intensity: cap on ``W z + c`` under the exp link (``exp(30) ~ 1e13``), so a
             stray state cannot overflow the intensity.
         stable_drift, diffusion_min, diffusion_max, diffusion_state_dependent, time_input:
@@ -123,6 +127,7 @@ class LatentJumpSDEConfig(ModelOptions):
     min_intensity: float = 1e-6
     intensity_link: str = "softplus"
     max_log_intensity: float = 30.0
+    zero_drift_init: bool = False
     stable_drift: bool = True
     diffusion_min: float = 1e-3
     diffusion_max: float = 0.5
@@ -325,6 +330,10 @@ class LatentJumpSDE(ConfigCheckpoint, PyroModule):
         bias = math.log(math.expm1(lam0)) if c.intensity_link == "softplus" else math.log(lam0)
         nn.init.constant_(self.intensity_head.bias, bias)
         self.jump_net = JumpNet(L, K, c.jump_hidden_dim)
+        if c.zero_drift_init:
+            for drift in (self.core.prior_drift, self.core.post_drift):
+                nn.init.zeros_(drift.rest[-1].weight)
+                nn.init.zeros_(drift.rest[-1].bias)
         self.decoder = (
             GaussianDecoder(L, c.obs_dim, 0, init_scale=c.obs_scale_init) if c.obs_dim else None
         )

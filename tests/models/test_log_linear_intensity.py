@@ -220,3 +220,29 @@ def test_simulate_self_correcting_time_rescaling():
     )
     with pytest.raises(BayesdynValueError, match="beta"):
         simulate_self_correcting(beta=0.0)
+
+
+@pytest.mark.parametrize("link", ["softplus", "exp"])
+def test_zero_drift_init_starts_from_the_poisson_process(link):
+    # With zero drift and zero jumps the state stays at z0 ~ N(0, 1e-4^2) (plus a 1e-7
+    # diffusion), so the intensity is link(c) = init_intensity up to |W z0| ~ 1e-5 and the
+    # model is the Poisson process: log-likelihood N log(1.7) - 1.7 T, to ~1e-5 relative.
+    d = simulate_self_correcting(num_series=2, t1=10.0, seed=1, **SC)
+    counts = np.array([e.size for e in d.series.events])
+    poisson = counts * math.log(1.7) - 1.7 * 10.0
+    lls = []
+    for zero in (True, False):
+        torch.manual_seed(0)
+        m = LatentJumpSDE(
+            latent_dim=2, hidden_dim=4, context_dim=2, jump_hidden_dim=4, intensity_link=link,
+            stable_drift=False, zero_drift_init=zero, diffusion_min=1e-7, diffusion_max=2e-7,
+            init_intensity=1.7, min_intensity=0.0, dt=0.5, guide="prior",
+        ).double()  # fmt: skip
+        with torch.no_grad():
+            m.core.z0_prior.loc.zero_()
+            m.core.z0_prior.raw_scale.fill_(-50.0)
+        res = event_log_likelihood(m, d.series, num_samples=2, seed=0, progress=False)
+        lls.append(res.log_lik.numpy())
+    np.testing.assert_allclose(lls[0], poisson, rtol=1e-5)
+    # Negative control: the random initial drift moves the state and the intensity.
+    assert np.abs(lls[1] - poisson).max() > 1e-2
