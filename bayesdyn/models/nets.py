@@ -685,13 +685,20 @@ def _per_step(x: Tensor | None, zb: torch.Size, N: int, U: int) -> list[Tensor] 
 # Row-block matmuls of the fused kernel. Rows ``[N, W]`` are ``E`` member blocks of ``N / E``
 # rows (member-major) when ``E`` is an int, with weights ``[E, O, I]``; ``E = None``: one block
 # with weights ``[O, I]``.
-def _linear_rows(bias: Tensor, x: Tensor, w_t: Tensor, E: int | None) -> Tensor:
-    """``x @ w_t + bias`` per block. Shapes: ``x [N, I]``, ``w_t [(E,) I, O]`` -> ``[N, O]``;
-    ``bias`` ``[O]``/``[N, O]`` (``E`` None) or ``[E, 1 or N/E, O]``."""
+def _linear_rows(
+    bias: Tensor, x: Tensor, w_t: Tensor, E: int | None, out: Tensor | None = None
+) -> Tensor:
+    """``x @ w_t + bias`` per block (into ``out``, a contiguous ``[N, O]``, if given).
+    Shapes: ``x [N, I]``, ``w_t [(E,) I, O]`` -> ``[N, O]``; ``bias`` ``[O]``/``[N, O]``
+    (``E`` None) or ``[E, 1 or N/E, O]``."""
     if E is None:
-        return torch.addmm(bias, x, w_t)
-    N = x.shape[0]
-    return torch.baddbmm(bias, x.view(E, N // E, x.shape[-1]), w_t).view(N, w_t.shape[-1])
+        return torch.addmm(bias, x, w_t, out=out)
+    N, width = x.shape[0], w_t.shape[-1]
+    x3 = x.view(E, N // E, x.shape[-1])
+    if out is None:
+        return torch.baddbmm(bias, x3, w_t).view(N, width)
+    torch.baddbmm(bias, x3, w_t, out=out.view(E, N // E, width))
+    return out
 
 
 def _matmul_rows(x: Tensor, w: Tensor, E: int | None) -> Tensor:
@@ -744,6 +751,10 @@ def _from_channels(x: Tensor, E: int) -> Tensor:
     return x.view(E, L, M).transpose(1, 2).reshape(E * M, L)
 
 
+#: Rows (steps x series) per block of deferred weight gradients in :class:`_MLPSteps`.
+_GRAD_BLOCK_ROWS = 8192
+
+
 class _MLPSteps:
     """Forward and hand-written backward of one softplus drift MLP, one solver step at a time.
 
@@ -751,6 +762,11 @@ class _MLPSteps:
     gradient is accumulated per step and mapped back onto its shape by :meth:`grads`. With
     ``E`` (ensemble members) every parameter has a leading member dimension and the rows are
     ``E`` member blocks.
+
+    The activations of all steps live in ``[U - 1, N, H]`` buffers. Backwards, the per-step
+    work is only the chain through the layers (the sequential part); the parameter gradients
+    of a block of steps are formed from the buffered activations and pre-activation gradients
+    in one large matmul per weight (see :meth:`_flush`), instead of several small ones per step.
     """
 
     def __init__(
@@ -771,7 +787,10 @@ class _MLPSteps:
         else:
             self.pre_2d = pre.expand(N, H) if E is None else pre.unsqueeze(-2)
         self.zb, self.N, self.U, self.H = zb, N, U, H
-        self.acts: list = []
+        # Pre-activations and activations of each hidden layer, all steps: [U - 1, N, H].
+        self.a_buf = [self.w_z.new_empty(U - 1, N, H) for _ in range(n_lin)]
+        self.h_buf = [self.w_z.new_empty(U - 1, N, H) for _ in range(n_lin)]
+        self.block = max(1, min(U - 1, _GRAD_BLOCK_ROWS // max(N, 1)))
         self.rows = None
         if rows is not None:  # factored features (RowFeatures): one gathered row per step
             per_row, index, tau, w_tau = rows
@@ -786,15 +805,16 @@ class _MLPSteps:
             self.rows = per_row.expand(zb + per_row.shape[-2:]).reshape(N * T, H)
             ix = index.expand(zb + index.shape[-1:]).reshape(N, U)
             offset = torch.arange(N, device=ix.device).mul_(T).unsqueeze(-1)
-            self.row_index = (ix + offset).t().unbind(0)  # U x [N]
-            # Whether step k reads other rows than step k - 1 (else the last gather is reused
-            # and, backwards, row gradients are summed before one scatter).
+            self.row_index_all = (ix + offset).t()  # [U, N]
+            self.row_index = self.row_index_all.unbind(0)  # U x [N]
+            # Whether step k reads other rows than step k - 1 (else the last gather is reused).
             self.new_rows = [True] + (ix[:, 1:] != ix[:, :-1]).any(0).tolist()
             self.last_rows = None
             self.tau_steps = _per_step(tau, zb, N, U)
             self.w_tau = w_tau
             if w_tau is not None:
                 self.w_tau_b = w_tau if E is None else w_tau.unsqueeze(-2)  # [H] or [E, 1, H]
+                self.tau_all = tau.expand(zb + tau.shape[-2:]).reshape(N, U).t()  # [U, N]
 
     def _row_features(self, k: int) -> Tensor:
         """``per_row[index_k] + tau_k w_tau`` of step ``k``. Shapes: ``[N, H]``."""
@@ -821,64 +841,83 @@ class _MLPSteps:
             if E is not None:
                 rk = rk.view(E, self.N // E, self.H)
             pk = rk if self.fold else rk + pk
-        a = _linear_rows(pk, z, self.w_z_t, E)
-        h = F.softplus(a)
-        acts = [(a, h)]
-        for w_t, b in self.lin_t[:-1]:
-            a = _linear_rows(b, h, w_t, E)
-            h = F.softplus(a)
-            acts.append((a, h))
-        self.acts.append(acts)
+        a = _linear_rows(pk, z, self.w_z_t, E, out=self.a_buf[0][k])
+        h = F.softplus(a, out=self.h_buf[0][k])
+        for i, (w_t, b) in enumerate(self.lin_t[:-1], 1):
+            a = _linear_rows(b, h, w_t, E, out=self.a_buf[i][k])
+            h = F.softplus(a, out=self.h_buf[i][k])
         w_out_t, b_out = self.lin_t[-1]
         return _linear_rows(b_out, h, w_out_t, E)
 
-    def start_backward(self) -> None:
+    def start_backward(self, z_steps: Tensor) -> None:
+        """Zero the gradient accumulators. ``z_steps [U - 1, N, L]``: the states the steps
+        read (for the first-layer weight gradient)."""
         like = self.w_z
+        self.z_steps = z_steps
         # Accumulated transposed ([(E,) L, H]): z^T ga is a fast matmul, ga^T z a slow one.
         self.g_wz_t = torch.zeros_like(self.w_z_t, memory_format=torch.contiguous_format)
         self.g_lin = [(torch.zeros_like(w), torch.zeros_like(b)) for w, b in self.lin]
-        if self.per_step:
-            self.g_pre = like.new_empty(self.U, self.N, self.H)
+        B, N, H = self.block, self.N, self.H
+        # Per block: the drift gradients and the pre-activation gradients of each layer.
+        self.gf_buf = like.new_empty(B, N, self.lin[-1][0].shape[-2])
+        if self.per_step:  # the first layer's pre-activation gradient is the grad of pre_k
+            self.g_pre = like.new_empty(self.U, N, H)
             self.g_pre[self.U - 1].zero_()
+            self.ga_buf = [None] + [like.new_empty(B, N, H) for _ in self.lin[1:]]
         else:
-            self.g_pre = like.new_zeros(self.N, self.H)
+            self.g_pre = like.new_zeros(self.pre_2d.shape[:-2] + (H,))
+            self.ga_buf = [like.new_empty(B, N, H) for _ in self.lin]
         if self.rows is not None:
             self.g_rows = torch.zeros_like(self.rows)
-            self.g_pending = None
             if self.w_tau is not None:
                 self.g_w_tau = self.w_tau.new_zeros(self.w_tau.shape[:-1] + (1, self.H))
 
-    def backward(self, k: int, z: Tensor, gf: Tensor) -> Tensor:
-        """Accumulate parameter gradients of step ``k``; return the gradient wrt ``z``."""
+    def _ga_slot(self, i: int, k: int) -> Tensor:
+        if i == 0 and self.per_step:
+            return self.g_pre[k]
+        return self.ga_buf[i][k % self.block]
+
+    def backward(self, k: int, gf: Tensor) -> Tensor:
+        """Chain the drift gradient ``gf [N, L]`` of step ``k`` through the layers; return the
+        gradient wrt the state. Steps must come in decreasing order; the parameter gradients
+        of a block of steps are accumulated when its first step is reached."""
         E = self.E
-        acts = self.acts[k]
-        n_lin = len(self.lin)
-        g_w, g_b = self.g_lin[-1]
-        _add_outer_rows(g_w, gf, acts[-1][1], E)
-        g_b.add_(_sum_rows(gf, E))
+        self.gf_buf[k % self.block].copy_(gf)
         gh = _matmul_rows(gf, self.lin[-1][0], E)
-        for i in reversed(range(n_lin)):
-            ga = torch.sigmoid(acts[i][0]).mul_(gh)
+        for i in reversed(range(len(self.lin))):
+            ga = torch.sigmoid(self.a_buf[i][k], out=self._ga_slot(i, k)).mul_(gh)
             if i > 0:
-                g_w, g_b = self.g_lin[i - 1]
-                _add_outer_rows(g_w, ga, acts[i - 1][1], E)
-                g_b.add_(_sum_rows(ga, E))
                 gh = _matmul_rows(ga, self.lin[i - 1][0], E)
-        if self.per_step:
-            self.g_pre[k] = ga
-        else:
-            self.g_pre.add_(ga)
-        if self.rows is not None:
-            # Steps reading the same rows share one scatter of their summed gradients.
-            g = ga if self.g_pending is None else self.g_pending + ga
-            if self.new_rows[k]:
-                self.g_rows.index_add_(0, self.row_index[k], g)
-                g = None
-            self.g_pending = g
-            if self.w_tau is not None:
-                _add_outer_rows(self.g_w_tau, self.tau_steps[k], ga, E)
-        _add_outer_rows(self.g_wz_t, z, ga, E)
+        if k % self.block == 0:
+            self._flush(k, min(k + self.block, self.U - 1))
         return _matmul_rows_narrow(ga, self.w_z, E)
+
+    def _flush(self, k0: int, k1: int) -> None:
+        """Parameter gradients of steps ``k0 .. k1 - 1``, one matmul per weight."""
+        E, c = self.E, k1 - k0
+
+        def rows(x):  # [c, N, W] step-major -> [N c, W] member-major rows (E blocks)
+            if E is None:
+                return x.reshape(-1, x.shape[-1])
+            return x.view(c, E, -1, x.shape[-1]).transpose(0, 1).reshape(-1, x.shape[-1])
+
+        gy = rows(self.gf_buf[:c])
+        for i in reversed(range(len(self.lin))):
+            g_w, g_b = self.g_lin[i]
+            x = rows(self.h_buf[i][k0:k1])
+            _add_outer_rows(g_w, gy, x, E)
+            g_b.add_(_sum_rows(gy, E))
+            ga = self.g_pre[k0:k1] if i == 0 and self.per_step else self.ga_buf[i][:c]
+            gy = rows(ga)
+        _add_outer_rows(self.g_wz_t, rows(self.z_steps[k0:k1]), gy, E)
+        if not self.per_step:
+            self.g_pre.add_(_sum_rows(gy, E))
+        if self.rows is not None:
+            idx = self.row_index_all[k0:k1].reshape(-1)  # step-major, like ga
+            self.g_rows.index_add_(0, idx, ga.reshape(-1, self.H))
+            if self.w_tau is not None:
+                tau = rows(self.tau_all[k0:k1].unsqueeze(-1))
+                _add_outer_rows(self.g_w_tau, tau, gy, E)
 
     def grads(self) -> tuple[Tensor, list[Tensor]]:
         """``(grad of pre, [grad w_z, grad w, grad b, ...])``."""
@@ -886,7 +925,7 @@ class _MLPSteps:
             g = self.g_pre.view((self.U,) + self.zb + (self.H,)).movedim(0, -2)
             grad_pre = g.sum_to_size(self.pre_shape)
         else:
-            grad_pre = _sum_rows(self.g_pre, self.E)
+            grad_pre = self.g_pre
         flat = [self.g_wz_t.transpose(-1, -2)] + [t for pair in self.g_lin for t in pair]
         return grad_pre, flat
 
@@ -988,9 +1027,10 @@ class _FusedEulerFn(torch.autograd.Function):
         gfp_all = None
         if mlp_p is not None and grad_prior is not None:
             gfp_all = grad_prior.reshape(N, num_steps, L)
-        mlp_q.start_backward()
+        z_steps = torch.stack(states[:-1]) if num_steps else states[0].new_empty(0, N, L)
+        mlp_q.start_backward(z_steps)
         if mlp_p is not None:
-            mlp_p.start_backward()
+            mlp_p.start_backward(z_steps)
         g_tgt = g_rate = None
         if tgt_steps is not None:
             g_tgt = states[0].new_zeros(N, U, L)
@@ -1016,13 +1056,13 @@ class _FusedEulerFn(torch.autograd.Function):
                 off = torch.where(a, 0.0, gf)
                 gfp = off if gfp is None else gfp + off
                 gf = torch.where(a, gf, 0.0)
-            gz = mlp_q.backward(k, z, gf)
+            gz = mlp_q.backward(k, gf)
             if tgt_steps is not None:
                 g_tgt[:, k] = gf * rate_steps[k]
                 g_rate[:, k] = gf * (tgt_steps[k] - z)
                 gz.addcmul_(gf, rate_steps[k], value=-1.0)
             if mlp_p is not None:
-                gz.add_(mlp_p.backward(k, z, gfp if gfp is not None else torch.zeros_like(gf)))
+                gz.add_(mlp_p.backward(k, gfp if gfp is not None else torch.zeros_like(gf)))
             # Diffusion, [E L, N / E, Hd] layout.
             s = (diffs[k] - lo) / span
             graw_rows = gg * span * s * (1.0 - s)  # [N, L]
