@@ -738,6 +738,13 @@ def _sum_rows(x: Tensor, E: int | None) -> Tensor:
     return x.view(E, -1, x.shape[-1]).sum(1)
 
 
+def _channels_steps(x: Tensor, E: int) -> Tensor:
+    """Per-step rows in the diffusion's channels layout: ``[S, N, L]`` (``E`` blocks) -> ``[S,
+    E L, N / E]`` (contiguous)."""
+    S, N, L = x.shape
+    return x.reshape(S, E, N // E, L).transpose(2, 3).reshape(S, E * L, N // E)
+
+
 def _to_channels(x: Tensor, E: int) -> Tensor:
     """``[N, L]`` (``E`` blocks) -> ``[E L, N / E, 1]``: one batch entry per member and channel."""
     N, L = x.shape
@@ -961,7 +968,8 @@ class _FusedEulerFn(torch.autograd.Function):
         U = num_steps + 1
         N = zb.numel()
         z = z0.reshape(N, L)
-        noise_steps = scaled.expand(zb + scaled.shape[-2:]).reshape(N, num_steps, L).unbind(1)
+        noise = scaled.expand(zb + scaled.shape[-2:]).reshape(N, num_steps, L)
+        noise_steps = noise.unbind(1)
         mlp_q = _MLPSteps(pre, list(q_params), zb, N, U, E, rows)
         mlp_p = _MLPSteps(prior_pre, list(p_params), zb, N, U, E) if n_prior else None
         act_steps = None
@@ -1008,7 +1016,7 @@ class _FusedEulerFn(torch.autograd.Function):
         ctx.meta = meta
         ctx.shapes = (zb, N, U, L)
         ctx.bridge_shapes = None if target is None else (target.shape, rate.shape)
-        ctx.cache = (states, diffs, noise_steps, mlp_q, mlp_p, act_steps, tgt_steps, rate_steps)
+        ctx.cache = (states, diff, noise, mlp_q, mlp_p, act_steps, tgt_steps, rate_steps)
         ctx.save_for_backward(w1, b1, w2, out_bias)
         return path, drift, diff, f_p
 
@@ -1017,16 +1025,17 @@ class _FusedEulerFn(torch.autograd.Function):
         dt_list, lo, hi, _, _, E = ctx.meta
         zb, N, U, L = ctx.shapes
         w1, b1, w2, out_bias = ctx.saved_tensors
-        states, diffs, noise_steps, mlp_q, mlp_p, act_steps, tgt_steps, rate_steps = ctx.cache
+        states, diff, noise, mlp_q, mlp_p, act_steps, tgt_steps, rate_steps = ctx.cache
         num_steps = U - 1
         span = hi - lo
-        zeros = states[0].new_zeros(N, num_steps, L)
-        gp = grad_path.reshape(N, U, L)
-        gd = zeros if grad_drift is None else grad_drift.reshape(N, num_steps, L)
-        gg_all = zeros if grad_diff is None else grad_diff.reshape(N, num_steps, L)
+        gp = grad_path.reshape(N, U, L).unbind(1)
+        if grad_drift is None:
+            gd = states[0].new_zeros(N, L).expand(num_steps, N, L)
+        else:
+            gd = grad_drift.reshape(N, num_steps, L).unbind(1)
         gfp_all = None
         if mlp_p is not None and grad_prior is not None:
-            gfp_all = grad_prior.reshape(N, num_steps, L)
+            gfp_all = grad_prior.reshape(N, num_steps, L).unbind(1)
         z_steps = torch.stack(states[:-1]) if num_steps else states[0].new_empty(0, N, L)
         mlp_q.start_backward(z_steps)
         if mlp_p is not None:
@@ -1035,22 +1044,42 @@ class _FusedEulerFn(torch.autograd.Function):
         if tgt_steps is not None:
             g_tgt = states[0].new_zeros(N, U, L)
             g_rate = states[0].new_zeros(N, U, L)
+        # Diffusion, [E L, M, Hd] layout (M = N / E). Everything that does not depend on the
+        # adjoint is prepared for all steps at once: with s = sigmoid(raw), dg/draw = span s
+        # (1 - s) = (g - lo) (hi - g) / span, and the gradient wrt raw at step k is
+        # (grad_diff_k + adj_k noise_k) dg/draw = A_k + adj_k B_k (channels layout).
         Ee = E or 1
+        M = N // Ee
         Hd = w1.shape[-1]
         w1t, b1t = w1.reshape(Ee * L, 1, Hd), b1.reshape(Ee * L, 1, Hd)
         w2r = w2.reshape(Ee * L, Hd)
         w12 = (w1.reshape(Ee * L, Hd) * w2r).unsqueeze(1)  # [E L, 1, Hd]
-        g_w1 = w1.new_zeros(Ee * L, 1, Hd)
-        g_b1 = w1.new_zeros(Ee * L, Hd)
+        g_ch = _channels_steps(diff.view(N, num_steps, L).transpose(0, 1), Ee)
+        dg = (g_ch - lo).mul_(hi - g_ch).div_(span)  # [S, E L, M]
+        # (_channels_steps may return a view of its input: no in-place ops on it.)
+        B = (_channels_steps(noise.transpose(0, 1), Ee) * dg).view(-1, Ee, L, M).unbind(0)
+        A = None
+        if grad_diff is not None:
+            gg = grad_diff.reshape(N, num_steps, L).transpose(0, 1)
+            A = (_channels_steps(gg, Ee) * dg).view(-1, Ee, L, M).unbind(0)
+        z_ch = _channels_steps(z_steps, Ee)  # [S, E L, M]
+        one_z = torch.stack([torch.ones_like(z_ch), z_ch], 2)  # [S, E L, 2, M]
+        z_cols = one_z[:, :, 1].unsqueeze(-1).unbind(0)  # S x [E L, M, 1]
+        one_z = one_z.unbind(0)
+        g_bw1 = w1.new_zeros(Ee * L, 2, Hd)  # sums of q and of z q (times w2: b1, w1 grads)
         g_w2 = w1.new_zeros(Ee * L, 1, Hd)
-        g_ob = states[0].new_zeros(N, L)
-        adj = gp[:, num_steps].clone()
+        g_ob = w1.new_zeros(Ee, L, M)
+        adj = gp[num_steps].clone()
+        adj_ch = adj.view(Ee, M, L).transpose(1, 2)  # [E, L, M] view, follows adj in place
         for k in reversed(range(num_steps)):
             z = states[k]
-            gf = torch.add(gd[:, k], adj, alpha=dt_list[k])
-            gg = torch.addcmul(gg_all[:, k], adj, noise_steps[k])
+            gf = torch.add(gd[k], adj, alpha=dt_list[k])
+            if A is None:
+                graw = torch.mul(B[k], adj_ch)  # [E, L, M]
+            else:
+                graw = torch.addcmul(A[k], adj_ch, B[k])
             # Drift: split the gradient between the posterior and the prior drift.
-            gfp = None if gfp_all is None else gfp_all[:, k]
+            gfp = None if gfp_all is None else gfp_all[k]
             if act_steps is not None:
                 a = act_steps[k]
                 off = torch.where(a, 0.0, gf)
@@ -1063,21 +1092,16 @@ class _FusedEulerFn(torch.autograd.Function):
                 gz.addcmul_(gf, rate_steps[k], value=-1.0)
             if mlp_p is not None:
                 gz.add_(mlp_p.backward(k, gfp if gfp is not None else torch.zeros_like(gf)))
-            # Diffusion, [E L, N / E, Hd] layout.
-            s = (diffs[k] - lo) / span
-            graw_rows = gg * span * s * (1.0 - s)  # [N, L]
-            graw = _to_channels(graw_rows, Ee)  # [E L, M, 1]
-            z_col = _to_channels(z, Ee)  # [E L, M, 1]
             # The pre-activation a = z * w1 + b1 [E L, M, Hd] is recomputed, not kept: it would
             # be the largest per-step memory of the pass (more than the reference's per step).
-            a = torch.addcmul(b1t, z_col, w1t)
-            g_w2.baddbmm_(graw.transpose(1, 2), F.softplus(a))
-            q = a.sigmoid_().mul_(graw)  # d loss / d a, over w2
-            g_b1.addcmul_(q.sum(1), w2r)
-            g_w1.baddbmm_(z_col.transpose(1, 2), q)
-            gz.add_(_from_channels(torch.bmm(w12, q.transpose(1, 2)), Ee))  # [E L, 1, M]
-            g_ob.add_(graw_rows)
-            adj = adj.add_(gz).add_(gp[:, k])
+            a = torch.addcmul(b1t, z_cols[k], w1t)
+            g_w2.baddbmm_(graw.view(Ee * L, 1, M), F.softplus(a))
+            q = a.sigmoid_().mul_(graw.view(Ee * L, M, 1))  # d loss / d a, over w2
+            g_bw1.baddbmm_(one_z[k], q)
+            g_ob.add_(graw)
+            adj.add_(gz)
+            adj_ch.add_(torch.bmm(w12, q.transpose(1, 2)).view(Ee, L, M))
+            adj.add_(gp[k])
         grad_pre, q_flat = mlp_q.grads()
         g_rows, g_w_tau = mlp_q.row_grads()
         grad_prior_pre, p_flat = (None, [])
@@ -1088,7 +1112,7 @@ class _FusedEulerFn(torch.autograd.Function):
             t_shape, r_shape = ctx.bridge_shapes
             grad_tgt = g_tgt.view(zb + (U, L)).sum_to_size(t_shape)
             grad_rate = g_rate.view(zb + (U, L)).sum_to_size(r_shape)
-        g_w1 = g_w1.squeeze(1).mul_(w2r)
+        g_b1, g_w1 = g_bw1.mul_(w2r.unsqueeze(1)).unbind(1)
         return (
             None,
             adj.view(zb + (L,)),
@@ -1107,7 +1131,7 @@ class _FusedEulerFn(torch.autograd.Function):
             g_w1.view(w1.shape),
             g_b1.view(b1.shape),
             g_w2.view(w2.shape),
-            _sum_rows(g_ob, E).view(out_bias.shape),
+            g_ob.sum(-1).view(out_bias.shape),
         )
 
 
