@@ -740,7 +740,7 @@ def _sum_rows(x: Tensor, E: int | None) -> Tensor:
 
 def _channels_steps(x: Tensor, E: int) -> Tensor:
     """Per-step rows in the diffusion's channels layout: ``[S, N, L]`` (``E`` blocks) -> ``[S,
-    E L, N / E]`` (contiguous)."""
+    E L, N / E]``, contiguous (a view of ``x`` where the shapes allow one)."""
     S, N, L = x.shape
     return x.reshape(S, E, N // E, L).transpose(2, 3).reshape(S, E * L, N // E)
 
@@ -749,13 +749,6 @@ def _to_channels(x: Tensor, E: int) -> Tensor:
     """``[N, L]`` (``E`` blocks) -> ``[E L, N / E, 1]``: one batch entry per member and channel."""
     N, L = x.shape
     return x.view(E, N // E, L).transpose(1, 2).reshape(E * L, N // E, 1)
-
-
-def _from_channels(x: Tensor, E: int) -> Tensor:
-    """Inverse of :func:`_to_channels`: ``[E L, M, 1]`` (or ``[E L, 1, M]``) -> ``[E M, L]``."""
-    EL = x.shape[0]
-    L, M = EL // E, x.numel() // EL
-    return x.view(E, L, M).transpose(1, 2).reshape(E * M, L)
 
 
 #: Rows (steps x series) per block of deferred weight gradients in :class:`_MLPSteps`.
@@ -969,7 +962,6 @@ class _FusedEulerFn(torch.autograd.Function):
         N = zb.numel()
         z = z0.reshape(N, L)
         noise = scaled.expand(zb + scaled.shape[-2:]).reshape(N, num_steps, L)
-        noise_steps = noise.unbind(1)
         mlp_q = _MLPSteps(pre, list(q_params), zb, N, U, E, rows)
         mlp_p = _MLPSteps(prior_pre, list(p_params), zb, N, U, E) if n_prior else None
         act_steps = None
@@ -985,7 +977,12 @@ class _FusedEulerFn(torch.autograd.Function):
         w1t, b1t = w1.reshape(Ee * L, 1, Hd), b1.reshape(Ee * L, 1, Hd)
         w2r, ob = w2.reshape(Ee * L, 1, Hd), out_bias.reshape(Ee * L, 1, 1)
         span = hi - lo
-        states, drifts, diffs, prior_drifts = [z], [], [], []
+        M = N // Ee
+        # g noise = lo noise + span s noise with s = sigmoid(raw): the affine map is folded
+        # into the noise once, and g itself is formed for all steps after the loop.
+        noise_lo = (noise * lo).unbind(1) if lo != 0 else None
+        noise_span = (noise * span).view(Ee, M, num_steps, L).unbind(2)  # S x [E, M, L]
+        states, drifts, sigs, prior_drifts = [z], [], [], []
         for k in range(num_steps):
             f = mlp_q.forward(k, z)
             if tgt_steps is not None:
@@ -997,18 +994,26 @@ class _FusedEulerFn(torch.autograd.Function):
                     f = torch.where(act_steps[k], f, fp)
             hd = F.softplus(torch.addcmul(b1t, _to_channels(z, Ee), w1t))  # not kept
             # w2 hd^T [E L, 1, M]: the BLAS is much faster this way round than hd w2.
-            raw = torch.baddbmm(ob, w2r, hd.transpose(1, 2))
-            g = _from_channels(raw.sigmoid_().mul_(span).add_(lo), Ee)
-            z = torch.addcmul(torch.add(z, f, alpha=dt_list[k]), g, noise_steps[k])
+            sig = torch.baddbmm(ob, w2r, hd.transpose(1, 2)).sigmoid_()  # [E L, 1, M]
+            z_next = torch.add(z, f, alpha=dt_list[k])
+            if noise_lo is not None:
+                z_next.add_(noise_lo[k])
+            sig_rows = sig.view(Ee, L, M).transpose(1, 2)
+            z = torch.addcmul(z_next.view(Ee, M, L), sig_rows, noise_span[k]).view(N, L)
             states.append(z)
             drifts.append(f)
-            diffs.append(g)
+            sigs.append(sig)
         path = torch.stack(states, 1).view(zb + (U, L))
         if num_steps:
             drift = torch.stack(drifts, 1).view(zb + (num_steps, L))
-            diff = torch.stack(diffs, 1).view(zb + (num_steps, L))
+            sig = torch.stack(sigs).view(num_steps, Ee * L, M)  # channels layout
+            sig_rows = sig.view(num_steps, Ee, L, M).permute(1, 3, 0, 2).reshape(N, num_steps, L)
+            diff = z0.new_empty(N, num_steps, L)  # (sig_rows may be a view of sig)
+            torch.mul(sig_rows, span, out=diff).add_(lo)
+            diff = diff.view(zb + (num_steps, L))
         else:
             drift = diff = z0.new_zeros(zb + (0, L))
+            sig = z0.new_zeros(0, Ee * L, M)
         if mlp_p is not None:
             f_p = torch.stack(prior_drifts, 1).view(zb + (num_steps, L)) if num_steps else drift
         else:
@@ -1016,7 +1021,7 @@ class _FusedEulerFn(torch.autograd.Function):
         ctx.meta = meta
         ctx.shapes = (zb, N, U, L)
         ctx.bridge_shapes = None if target is None else (target.shape, rate.shape)
-        ctx.cache = (states, diff, noise, mlp_q, mlp_p, act_steps, tgt_steps, rate_steps)
+        ctx.cache = (states, sig, noise, mlp_q, mlp_p, act_steps, tgt_steps, rate_steps)
         ctx.save_for_backward(w1, b1, w2, out_bias)
         return path, drift, diff, f_p
 
@@ -1025,7 +1030,7 @@ class _FusedEulerFn(torch.autograd.Function):
         dt_list, lo, hi, _, _, E = ctx.meta
         zb, N, U, L = ctx.shapes
         w1, b1, w2, out_bias = ctx.saved_tensors
-        states, diff, noise, mlp_q, mlp_p, act_steps, tgt_steps, rate_steps = ctx.cache
+        states, sig, noise, mlp_q, mlp_p, act_steps, tgt_steps, rate_steps = ctx.cache
         num_steps = U - 1
         span = hi - lo
         gp = grad_path.reshape(N, U, L).unbind(1)
@@ -1046,7 +1051,7 @@ class _FusedEulerFn(torch.autograd.Function):
             g_rate = states[0].new_zeros(N, U, L)
         # Diffusion, [E L, M, Hd] layout (M = N / E). Everything that does not depend on the
         # adjoint is prepared for all steps at once: with s = sigmoid(raw), dg/draw = span s
-        # (1 - s) = (g - lo) (hi - g) / span, and the gradient wrt raw at step k is
+        # (1 - s), and the gradient wrt raw at step k is
         # (grad_diff_k + adj_k noise_k) dg/draw = A_k + adj_k B_k (channels layout).
         Ee = E or 1
         M = N // Ee
@@ -1054,8 +1059,7 @@ class _FusedEulerFn(torch.autograd.Function):
         w1t, b1t = w1.reshape(Ee * L, 1, Hd), b1.reshape(Ee * L, 1, Hd)
         w2r = w2.reshape(Ee * L, Hd)
         w12 = (w1.reshape(Ee * L, Hd) * w2r).unsqueeze(1)  # [E L, 1, Hd]
-        g_ch = _channels_steps(diff.view(N, num_steps, L).transpose(0, 1), Ee)
-        dg = (g_ch - lo).mul_(hi - g_ch).div_(span)  # [S, E L, M]
+        dg = (1.0 - sig).mul_(sig).mul_(span)  # [S, E L, M]
         # (_channels_steps may return a view of its input: no in-place ops on it.)
         B = (_channels_steps(noise.transpose(0, 1), Ee) * dg).view(-1, Ee, L, M).unbind(0)
         A = None
