@@ -12,6 +12,9 @@ sequences on ``[0, 100]``):
 - train a :class:`~bayesdyn.models.LatentJumpSDE` on the training split with ``bayesdyn.fit``
   (mini-batches of sequences; ``guide="prior"`` makes the ELBO the expected log-likelihood of
   the events along prior paths);
+- with ``average_last`` > 0, average the parameters over that last fraction of the steps
+  (Polyak–Ruppert, ``fit(average_after=...)``), so validation scores and the test uses the
+  running mean of the iterates;
 - every ``eval_every`` steps score the validation split (its ELBO, i.e. its log-likelihood
   along a prior path) and keep the parameters with the best score;
 - report the test log-likelihood per event and per unit time (importance estimate over
@@ -32,7 +35,7 @@ oracle log-likelihoods of ../shared/data/README.md on the test split:
 
 The config's ``overrides`` section sets per-data-set values over the shared ones
 (``{"self_inhibiting": {"num_steps": 450}}``; keys ``num_steps``, ``batch_size``, ``lr``,
-``lr_final``, ``clip_norm``, ``eval_every`` and ``model``, whose entries merge into the model
+``lr_final``, ``clip_norm``, ``eval_every``, ``average_last`` and ``model``, whose entries merge into the model
 section); unknown data sets or keys are errors. ``--steps`` replaces every ``num_steps``.
 
 The last line printed is ``worst_gap_to_oracle_pct=<number>`` (the largest relative gap of the
@@ -89,6 +92,7 @@ SCHEMA = {
     "lr_final": float,
     "clip_norm": float,
     "eval_every": int,
+    "average_last": float,
     "val_samples": int,
     "test_samples": int,
     "eval_chunk_size": int,
@@ -99,7 +103,16 @@ SCHEMA = {
 }
 
 #: Keys a per-data-set entry of ``overrides`` may set (``model`` merges into the model section).
-OVERRIDE_KEYS = ("num_steps", "batch_size", "lr", "lr_final", "clip_norm", "eval_every", "model")
+OVERRIDE_KEYS = (
+    "num_steps",
+    "batch_size",
+    "lr",
+    "lr_final",
+    "clip_norm",
+    "eval_every",
+    "average_last",
+    "model",
+)
 
 
 def load_pp_config(path) -> dict:
@@ -113,6 +126,7 @@ def load_pp_config(path) -> dict:
         + ["mape_chunk_size"],
         where,
     )
+    check_average_last(cfg, where)
     bad = [d for d in cfg["datasets"] if d not in DATASETS]
     if bad or not cfg["datasets"]:
         raise BayesdynValueError(
@@ -141,6 +155,15 @@ def load_pp_config(path) -> dict:
     return cfg
 
 
+def check_average_last(cfg: dict, where: str) -> None:
+    """Raise unless ``average_last`` (the fraction of the steps, at the end, whose iterates are
+    averaged; 0: none) lies in ``[0, 1)``."""
+    if not 0.0 <= cfg["average_last"] < 1.0:
+        raise BayesdynValueError(
+            f"{where}: 'average_last' must lie in [0, 1); got {cfg['average_last']!r}"
+        )
+
+
 def dataset_config(cfg: dict, name: str, where: str = "config") -> dict:
     """The config of data set ``name``: the shared one with ``overrides[name]`` applied (its
     ``model`` entries merge into ``model``)."""
@@ -157,7 +180,10 @@ def dataset_config(cfg: dict, name: str, where: str = "config") -> dict:
             out["model"] = {**cfg["model"], **v}
         else:
             out[k] = common.check_value(f"{where}: overrides.{name}", k, v, SCHEMA[k])
-            common.check_positive_keys(out, [k], f"{where}: overrides.{name}")
+            if k == "average_last":
+                check_average_last(out, f"{where}: overrides.{name}")
+            else:
+                common.check_positive_keys(out, [k], f"{where}: overrides.{name}")
     try:
         out["model_config"] = LatentJumpSDEConfig.from_dict(out["model"])
     except (BayesdynValueError, TypeError) as e:
@@ -208,6 +234,11 @@ def train(model, train_b, val_b, cfg: dict, seed: int, log) -> dict:
         clip_norm=cfg["clip_norm"],
         val_data=val_b,
         val_every=cfg["eval_every"],
+        average_after=(
+            int(round(cfg["num_steps"] * (1.0 - cfg["average_last"])))
+            if cfg["average_last"] > 0
+            else None
+        ),
         seed=seed,
         progress=False,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
@@ -238,6 +239,56 @@ def _snapshot(x):
     return copy.deepcopy(x)
 
 
+class _IterateAverage:
+    """Running mean of parameter tensors (Polyak–Ruppert averaging of optimiser iterates).
+
+    ``update()`` folds in the current values; ``swapped_in()`` temporarily puts the average
+    into the parameters (no-op before the first update); ``copy_to_params()`` keeps it there.
+    """
+
+    def __init__(self, params: list[torch.Tensor]):
+        self.params = params
+        self.count = 0
+        self.mean: list[torch.Tensor] | None = None
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.count += 1
+        if self.mean is None:
+            self.mean = [p.detach().clone() for p in self.params]
+            return
+        for m, p in zip(self.mean, self.params, strict=True):
+            m.add_(p.detach() - m, alpha=1.0 / self.count)
+
+    @contextlib.contextmanager
+    def swapped_in(self):
+        if self.mean is None:
+            yield
+            return
+        saved = [p.detach().clone() for p in self.params]
+        self.copy_to_params()
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, s in zip(self.params, saved, strict=True):
+                    p.copy_(s)
+
+    @torch.no_grad()
+    def copy_to_params(self) -> None:
+        if self.mean is not None:
+            for p, m in zip(self.params, self.mean, strict=True):
+                p.copy_(m)
+
+    def state_dict(self) -> dict:
+        return {"count": self.count, "mean": None if self.mean is None else list(self.mean)}
+
+    def load_state_dict(self, d: dict | None) -> None:
+        d = d or {"count": 0, "mean": None}
+        self.count = int(d["count"])
+        self.mean = None if d["mean"] is None else [m.clone() for m in d["mean"]]
+
+
 def fit(
     model,
     data,
@@ -263,6 +314,7 @@ def fit(
     max_divergences: int = 4,
     chunk_size: int | None = None,
     data_parallel=None,
+    average_after: int | None = None,
 ) -> FitResult:
     """Train a model (``model.model`` / ``model.guide``) by stochastic variational inference.
 
@@ -273,6 +325,10 @@ def fit(
     - KL annealing: the path and ``z0`` KL weight rises linearly from ``kl_min`` to 1 over
       ``kl_anneal_steps``;
     - gradient clipping (``clip_norm``) and an exponential learning-rate decay to ``lr_final``;
+    - iterate averaging (Polyak–Ruppert; ``average_after``): from that step on the parameters'
+      running mean is kept, validated and returned, which removes most of the noise that
+      mini-batch Adam steps leave in the final parameters (it matters where the likelihood is
+      very sensitive to a few parameters, e.g. a drift integrated over a long window);
     - early stopping on the validation loss (``val_data``, ``patience``), restoring the best
       parameters at the end;
     - checkpoints every ``checkpoint_every`` steps, written atomically (temporary file, fsync,
@@ -306,6 +362,8 @@ def fit(
         max_divergences: the number of divergences that stops training (1: stop at the first).
         chunk_size: observations per truncated-BPTT window (None: whole series).
         data_parallel: a :class:`~bayesdyn.inference.distributed.DataParallel`, or None.
+        average_after: start averaging the parameters after this many steps (None: never);
+            validation and the returned model then use the average of the iterates since.
 
     Returns:
         :class:`FitResult`.
@@ -334,6 +392,14 @@ def fit(
             raise BayesdynValueError(f"{name} must be a positive integer; got {v!r}")
     if chunk_size is not None and data_parallel is not None:
         raise BayesdynValueError("chunk_size and data_parallel cannot be combined yet")
+    if average_after is not None and (
+        isinstance(average_after, bool)
+        or not isinstance(average_after, int)
+        or not 0 <= average_after < max(num_steps, 1)
+    ):
+        raise BayesdynValueError(
+            f"average_after must be an integer in [0, num_steps={num_steps}); got {average_after!r}"
+        )
     batch = _as_batch(data, "data")
     model.check_batch(batch)
     val_batch = None if val_data is None else _as_batch(val_data, "val_data")
@@ -371,6 +437,7 @@ def fit(
         "seed": seed,
         "chunk_size": chunk_size,
         "world_size": 1 if data_parallel is None else data_parallel.num_shards,
+        "average_after": average_after,
     }
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -379,6 +446,7 @@ def fit(
     result = FitResult()
     start = 0
     state = {"best_state": None, "bad_vals": 0, "lr_scale": 1.0}
+    average = _IterateAverage(params)
     ckpt_path = None if checkpoint_dir is None else Path(checkpoint_dir) / "checkpoint.pt"
 
     def payload(step: int) -> dict:
@@ -396,6 +464,7 @@ def fit(
             "best_val_loss": result.best_val_loss,
             "best_state": state["best_state"],
             "bad_vals": state["bad_vals"],
+            "average": average.state_dict(),
         }
 
     def restore(ck: dict) -> int:
@@ -406,6 +475,7 @@ def fit(
         state["lr_scale"] = float(ck.get("lr_scale", 1.0))
         state["best_state"] = ck.get("best_state")
         state["bad_vals"] = int(ck["bad_vals"])
+        average.load_state_dict(ck.get("average"))
         result.history = [dict(h) for h in ck["history"]]
         result.divergences = [dict(d) for d in ck.get("divergences", [])]
         result.best_step = int(ck["best_step"])
@@ -484,6 +554,8 @@ def fit(
                 )
                 continue
             optim.step()
+            if average_after is not None and step + 1 > average_after:
+                average.update()
             rec = {
                 "step": step + 1,
                 "loss": loss_val,
@@ -491,15 +563,17 @@ def fit(
                 "lr": optim.param_groups[0]["lr"],
             }
             if val_batch is not None and ((step + 1) % val_every == 0 or step + 1 == num_steps):
-                with torch.no_grad():
+                with torch.no_grad(), average.swapped_in():
                     v = elbo.differentiable_loss(model.model, model.guide, val_batch) / n_obs_val
+                    best = result.best_val_loss is None or float(v) < result.best_val_loss
+                    if best:
+                        state["best_state"] = {
+                            k: t.detach().clone() for k, t in model.state_dict().items()
+                        }
                 rec["val_loss"] = float(v)
-                if result.best_val_loss is None or rec["val_loss"] < result.best_val_loss:
+                if best:
                     result.best_val_loss = rec["val_loss"]
                     result.best_step = step + 1
-                    state["best_state"] = {
-                        k: v.detach().clone() for k, v in model.state_dict().items()
-                    }
                     state["bad_vals"] = 0
                 else:
                     state["bad_vals"] += 1
@@ -520,9 +594,14 @@ def fit(
         bar.close()
     result.num_steps = step
     result.seconds = time.perf_counter() - t_start
+    if state["best_state"] is None:
+        result.best_step = step
+    # The checkpoint keeps the last iterate (and the best state and running mean beside it),
+    # so that a longer run resumed from it continues exactly; the model returned holds the
+    # best (or averaged) parameters.
+    checkpoint(step)
     if state["best_state"] is not None:
         model.load_state_dict(state["best_state"])
     else:
-        result.best_step = step
-    checkpoint(step)
+        average.copy_to_params()
     return result

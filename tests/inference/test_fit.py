@@ -102,3 +102,37 @@ def test_checkpoint_is_atomic_and_weights_only(tmp_path):
     (tmp_path / "c.pt").write_bytes((tmp_path / "c.pt").read_bytes()[:50])  # truncated
     with pytest.raises(BayesdynValueError, match="could not be loaded safely"):
         load_checkpoint(tmp_path / "c.pt")
+
+
+def test_iterate_averaging_returns_the_mean_of_the_iterates(tmp_path, data):
+    # With a constant learning rate the first k steps of a run do not depend on num_steps, so
+    # short runs give the iterates of the long one; the averaged fit returns their mean.
+    kw = dict(lr=1e-2, batch_size=5, seed=3, progress=False)
+    n, after = 6, 3
+    iterates = []
+    for k in range(after + 1, n + 1):
+        m = small()
+        fit(m, data, num_steps=k, **kw)
+        iterates.append(params(m))
+    avg = small()
+    fit(avg, data, num_steps=n, average_after=after, **kw)
+    last = iterates[-1]
+    moved = False
+    for name, _ in small().named_parameters():
+        mean = torch.stack([it[name] for it in iterates]).mean(0)
+        assert torch.allclose(avg.state_dict()[name], mean, atol=1e-6), name
+        moved |= not torch.allclose(mean, last[name], atol=1e-6)
+    assert moved  # the average is not the last iterate
+    # Validation scores the averaged parameters, and resuming restores the running mean.
+    train, val = data[:8], data[8:]
+    kw2 = dict(kw, val_data=val, val_every=2, average_after=2, checkpoint_every=3)
+    full = small()
+    fit(full, train, num_steps=8, checkpoint_dir=tmp_path / "a", **kw2)
+    part = small()
+    fit(part, train, num_steps=6, checkpoint_dir=tmp_path / "b", **kw2)  # stops at a val step
+    resumed = small()
+    fit(resumed, train, num_steps=8, checkpoint_dir=tmp_path / "b", resume=True, **kw2)
+    for k, v in params(full).items():
+        assert torch.allclose(v, resumed.state_dict()[k], atol=1e-10), k
+    with pytest.raises(BayesdynValueError, match=r"average_after must be an integer in \[0, "):
+        fit(small(), data, num_steps=4, average_after=4, progress=False)
