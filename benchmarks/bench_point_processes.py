@@ -358,12 +358,15 @@ def run_dataset(name: str, cfg: dict, seed: int, log) -> dict:
         res["diffusion"] = float(
             model.core.diffusion(torch.zeros(1, model.config.latent_dim)).max()
         )
+        res["z0_prior_scale"] = model.core.z0_prior.scale().tolist()
     gap = res.get("gap_to_oracle_pct")
     log(
         f"  test ll/event {res['test_ll_per_event']:.4f} (per time {res['test_ll_per_time']:.4f})"
         + (
             f"; oracle {res['oracle_ll_per_event']:.4f}: gap {gap:.2f}%; intensity MAPE "
-            f"{res['intensity_mape_pct']:.1f}% (paper {PAPER_MAPE.get(name, '-')}%)"
+            f"{res['intensity_mape_pct']:.1f}% (paper {PAPER_MAPE.get(name, '-')}%); "
+            f"diffusion {res['diffusion']:.4f}; p(z0) scale "
+            + ", ".join(f"{v:.3g}" for v in res["z0_prior_scale"])
             if gap is not None
             else "; no oracle"
         )
