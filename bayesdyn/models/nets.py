@@ -320,29 +320,29 @@ class _GRUFn(torch.autograd.Function):
         xi = _linear_rows(bias(b_ih), x.reshape(NB * T, n_in), w_ih.transpose(-1, -2), E)
         xi = xi.view(NB, T, 3 * H)
         h = x.new_zeros(NB, H)
-        outs, rzs, ns, hns = [], [], [], []
+        outs, gates, ns = [], [], []
         w_hh_t, b_hh_b = w_hh.transpose(-1, -2), bias(b_hh)
         for t in range(T):
-            hh = _linear_rows(b_hh_b, h, w_hh_t, E)
-            rz = torch.sigmoid(xi[:, t, : 2 * H] + hh[:, : 2 * H])
-            hn = hh[:, 2 * H :]
-            n = torch.tanh(torch.addcmul(xi[:, t, 2 * H :], rz[:, :H], hn))
+            # gate = [r, z, W_hn h + b_hn]: the sigmoids overwrite their pre-activations in
+            # the recurrent projection, which is kept whole for the backward pass.
+            gate = _linear_rows(b_hh_b, h, w_hh_t, E)
+            rz = gate[:, : 2 * H].add_(xi[:, t, : 2 * H]).sigmoid_()
+            n = torch.tanh(torch.addcmul(xi[:, t, 2 * H :], rz[:, :H], gate[:, 2 * H :]))
             h = torch.addcmul(n, rz[:, H:], h - n)
             outs.append(h)
-            rzs.append(rz)
+            gates.append(gate)
             ns.append(n)
-            hns.append(hn)
         out = torch.stack(outs, 1)  # [NB, T, H]
         ctx.E = E
         ctx.save_for_backward(x, w_ih, w_hh, out)
-        ctx.gates = (rzs, ns, hns)
+        ctx.gates = (gates, ns)
         return out.view(tuple(lead) + (T, H))
 
     @staticmethod
     def backward(ctx, grad_out):
         x, w_ih, w_hh, out = ctx.saved_tensors
         E = ctx.E
-        rzs, ns, hns = ctx.gates
+        gates, ns = ctx.gates
         NB, T, H = out.shape
         grad_out = grad_out.reshape(NB, T, H)
         # Per step: the gradient of the input projection (r, z, n pre-activations) and of the
@@ -354,13 +354,13 @@ class _GRUFn(torch.autograd.Function):
         zero = out.new_zeros(NB, H)
         grad_steps = grad_out.unbind(1)
         for t in reversed(range(T)):
-            rz, n = rzs[t], ns[t]
+            rz, hn, n = gates[t][:, : 2 * H], gates[t][:, 2 * H :], ns[t]
             z = rz[:, H:]
             h_prev = out[:, t - 1] if t > 0 else zero
             gh = grad_steps[t] + carry
             d_r, d_z, dn_pre = d_xi[t, :, :H], d_xi[t, :, H : 2 * H], d_xi[t, :, 2 * H :]
             torch.mul(torch.addcmul(gh, gh, z, value=-1.0), 1.0 - n * n, out=dn_pre)
-            torch.mul(dn_pre, hns[t], out=d_r)
+            torch.mul(dn_pre, hn, out=d_r)
             torch.mul(gh, h_prev - n, out=d_z)
             d_rz = d_xi[t, :, : 2 * H]
             d_rz.mul_(rz - rz * rz)
