@@ -100,6 +100,10 @@ class LatentJumpSDEConfig(ModelOptions):
             so that (with the jump network, which always starts at zero) training starts from a
             homogeneous Poisson process at ``init_intensity``; with the exp link this keeps a
             random initial drift from making the initial intensity explode.
+        z0_scale_init: initial scale of ``p(z0)`` (None: the foundation's, ``softplus(0)``).
+            With ``guide="prior"`` the initial state is pure noise for event sequences that
+            start from an empty history; a small value (e.g. 0.01) starts from a nearly
+            deterministic ``z0``, as in Jia & Benson's maximum-likelihood training.
         max_log_intensity: cap on ``W z + c`` under the exp link (``exp(30) ~ 1e13``), so a
             stray state cannot overflow the intensity.
         stable_drift, diffusion_min, diffusion_max, diffusion_state_dependent, time_input:
@@ -128,6 +132,7 @@ class LatentJumpSDEConfig(ModelOptions):
     intensity_link: str = "softplus"
     max_log_intensity: float = 30.0
     zero_drift_init: bool = False
+    z0_scale_init: float | None = None
     stable_drift: bool = True
     diffusion_min: float = 1e-3
     diffusion_max: float = 0.5
@@ -141,6 +146,13 @@ class LatentJumpSDEConfig(ModelOptions):
     def __post_init__(self):
         if self.guide not in ("encoder", "prior"):
             raise BayesdynValueError(f"guide must be 'encoder' or 'prior'; got {self.guide!r}")
+        if self.z0_scale_init is not None and not (
+            isinstance(self.z0_scale_init, (int, float)) and 1e-3 <= self.z0_scale_init < 1e3
+        ):
+            raise BayesdynValueError(
+                f"z0_scale_init must be a number in [1e-3, 1e3) (or None); got "
+                f"{self.z0_scale_init!r}"
+            )
         if self.intensity_link not in _LINKS:
             raise BayesdynValueError(
                 f"intensity_link must be one of {sorted(_LINKS)}; got {self.intensity_link!r}"
@@ -330,6 +342,8 @@ class LatentJumpSDE(ConfigCheckpoint, PyroModule):
         bias = math.log(math.expm1(lam0)) if c.intensity_link == "softplus" else math.log(lam0)
         nn.init.constant_(self.intensity_head.bias, bias)
         self.jump_net = JumpNet(L, K, c.jump_hidden_dim)
+        if c.z0_scale_init is not None:
+            self.core.z0_prior.set_scale(c.z0_scale_init)
         if c.zero_drift_init:
             for drift in (self.core.prior_drift, self.core.post_drift):
                 nn.init.zeros_(drift.rest[-1].weight)

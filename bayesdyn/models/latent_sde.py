@@ -204,6 +204,9 @@ class LatentSDEConfig(ModelOptions):
             )
 
 
+_Z0_MIN_SCALE = 1e-4
+
+
 class _Z0Prior(nn.Module):
     def __init__(self, latent_dim: int):
         super().__init__()
@@ -211,7 +214,12 @@ class _Z0Prior(nn.Module):
         self.raw_scale = nn.Parameter(torch.zeros(latent_dim))
 
     def scale(self) -> Tensor:
-        return F.softplus(self.raw_scale) + 1e-4
+        return F.softplus(self.raw_scale) + _Z0_MIN_SCALE
+
+    @torch.no_grad()
+    def set_scale(self, scale: float) -> None:
+        """Set every dimension's scale to ``scale`` (> 1e-4)."""
+        self.raw_scale.fill_(math.log(math.expm1(scale - _Z0_MIN_SCALE)))
 
 
 #: Hidden activations per chunk when a drift net runs over a whole path (see _BoundSDE).

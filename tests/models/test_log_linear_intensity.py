@@ -246,3 +246,14 @@ def test_zero_drift_init_starts_from_the_poisson_process(link):
     np.testing.assert_allclose(lls[0], poisson, rtol=1e-5)
     # Negative control: the random initial drift moves the state and the intensity.
     assert np.abs(lls[1] - poisson).max() > 1e-2
+
+
+def test_z0_scale_init():
+    m = LatentJumpSDE(latent_dim=3, hidden_dim=4, context_dim=2, z0_scale_init=0.01)
+    np.testing.assert_allclose(m.core.z0_prior.scale().detach().numpy(), 0.01, rtol=1e-6)
+    default = LatentJumpSDE(latent_dim=3, hidden_dim=4, context_dim=2)
+    np.testing.assert_allclose(
+        default.core.z0_prior.scale().detach().numpy(), math.log(2.0) + 1e-4, rtol=1e-6
+    )
+    with pytest.raises(BayesdynValueError, match=r"z0_scale_init must be a number in \[1e-3"):
+        LatentJumpSDEConfig(z0_scale_init=0.0)
