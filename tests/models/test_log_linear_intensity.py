@@ -17,7 +17,7 @@ from bayesdyn.data import (
     self_correcting_log_likelihood,
     simulate_self_correcting,
 )
-from bayesdyn.inference import event_log_likelihood
+from bayesdyn.inference import event_log_likelihood, forecast_events
 from bayesdyn.models import EVENTS_SITE, LatentJumpSDE, LatentJumpSDEConfig, TemporalPointProcess
 from bayesdyn.solvers import (
     interval_mean,
@@ -257,3 +257,37 @@ def test_z0_scale_init():
     )
     with pytest.raises(BayesdynValueError, match=r"z0_scale_init must be a number in \[1e-3"):
         LatentJumpSDEConfig(z0_scale_init=0.0)
+
+
+def _true_continuation_counts(events, t0, horizon, n_draws, rng, mu=0.5, beta=0.2):
+    """Exact counts of the self-correcting process on (t0, t0 + horizon] given its history."""
+    out = np.empty(n_draws)
+    for i in range(n_draws):
+        s, n, c = t0, events.size, 0
+        while True:
+            s = float(np.logaddexp(mu * s, math.log(mu * rng.exponential()) + beta * n)) / mu
+            if s > t0 + horizon:
+                break
+            n, c = n + 1, c + 1
+        out[i] = c
+    return out
+
+
+def test_exp_link_event_forecast_matches_the_true_continuation():
+    # The hand-set exact model forecasts by Ogata thinning with log-linear steps; its counts
+    # after the window must match the exact continuation of the true process (z-test on the
+    # difference of means with both sample variances).
+    d = simulate_self_correcting(num_series=2, t1=20.0, seed=2, **SC)
+    m = _exact_self_correcting_model(dt=0.5)
+    fc = forecast_events(m, d.series, horizon=4.0, num_samples=400, num_steps=40, seed=0)
+    counts = fc.counts().double().numpy()  # [S, B]
+    rng = np.random.default_rng(0)
+    for b, ev in enumerate(d.series.events):
+        ref = _true_continuation_counts(ev, 20.0, 4.0, 4000, rng)
+        se = math.sqrt(counts[:, b].var(ddof=1) / counts.shape[0] + ref.var(ddof=1) / ref.size)
+        assert abs(counts[:, b].mean() - ref.mean()) < Z_CRIT * se
+    # Negative control: the continuation of a process whose log-intensity grows faster
+    # (mu 0.6) from the same history is rejected by the same test.
+    other = _true_continuation_counts(d.series.events[0], 20.0, 4.0, 4000, rng, mu=0.6)
+    se = math.sqrt(counts[:, 0].var(ddof=1) / counts.shape[0] + other.var(ddof=1) / other.size)
+    assert abs(counts[:, 0].mean() - other.mean()) > Z_CRIT * se
