@@ -66,6 +66,13 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         help="fraction of series held out for early stopping (0 for none)",
     )
     t.add_argument("--patience", type=int, default=None)
+    t.add_argument(
+        "--average-last",
+        type=float,
+        default=0.0,
+        help="average the parameters over this last fraction of the steps (Polyak-Ruppert; "
+        "0 for none); validation and the saved model use the average",
+    )
     t.add_argument("--checkpoint-every", type=int, default=50)
     t.add_argument("--resume", action="store_true")
     t.add_argument("--seed", type=int, default=0)
@@ -93,6 +100,10 @@ def _train(series, out: Path, args) -> dict:
     from .inference import fit
     from .models import LatentSDE
 
+    if not 0.0 <= args.average_last < 1.0:
+        raise BayesdynValueError(
+            f"--average-last must be a fraction in [0, 1); got {args.average_last}"
+        )
     dp = _data_parallel(args)
     writer = dp is None or dp.is_writer
     out.mkdir(parents=True, exist_ok=True)
@@ -128,6 +139,11 @@ def _train(series, out: Path, args) -> dict:
         val_data=val,
         val_every=max(args.steps // 20, 1),
         patience=args.patience,
+        average_after=(
+            min(int(round(args.steps * (1.0 - args.average_last))), args.steps - 1)
+            if args.average_last > 0 and args.steps > 0
+            else None
+        ),
         checkpoint_dir=out,
         checkpoint_every=args.checkpoint_every,
         resume=args.resume,

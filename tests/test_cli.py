@@ -121,6 +121,16 @@ def test_fit_bad_time_column(fitted, tmp_path, capsys):
     assert "'when' not found" in capsys.readouterr().err
 
 
+def test_fit_average_last(fitted, tmp_path, capsys):
+    csv, _, _ = fitted
+    run = tmp_path / "avg"
+    assert main(["fit", str(csv), "--out", str(run), "--average-last", "0.5", *TINY]) == 0
+    assert (run / "model.pt").exists()
+    rc = main(["fit", str(csv), "--out", str(tmp_path / "r"), "--average-last", "1.0", *TINY])
+    assert rc == 2
+    assert "--average-last must be a fraction in [0, 1); got 1.0" in capsys.readouterr().err
+
+
 def test_fit_missing_csv(tmp_path, capsys):
     rc = main(["fit", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "r"), *TINY])
     assert rc == 2
