@@ -97,13 +97,10 @@ def _train(series, out: Path, args) -> dict:
     """Standardise, split, fit, save (:func:`~bayesdyn.diagnostics.save_run`). Returns the run
     summary."""
     from .diagnostics.report import save_run
-    from .inference import fit
+    from .inference import average_after_for, fit
     from .models import LatentSDE
 
-    if not 0.0 <= args.average_last < 1.0:
-        raise BayesdynValueError(
-            f"--average-last must be a fraction in [0, 1); got {args.average_last}"
-        )
+    average_after = average_after_for(args.steps, args.average_last, "--average-last")
     dp = _data_parallel(args)
     writer = dp is None or dp.is_writer
     out.mkdir(parents=True, exist_ok=True)
@@ -139,11 +136,7 @@ def _train(series, out: Path, args) -> dict:
         val_data=val,
         val_every=max(args.steps // 20, 1),
         patience=args.patience,
-        average_after=(
-            min(int(round(args.steps * (1.0 - args.average_last))), args.steps - 1)
-            if args.average_last > 0 and args.steps > 0
-            else None
-        ),
+        average_after=average_after,
         checkpoint_dir=out,
         checkpoint_every=args.checkpoint_every,
         resume=args.resume,

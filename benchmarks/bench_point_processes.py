@@ -66,7 +66,7 @@ from bayesdyn.data import (  # noqa: E402
     self_correcting_intensity,
     self_correcting_log_likelihood,
 )
-from bayesdyn.inference import event_log_likelihood  # noqa: E402
+from bayesdyn.inference import average_after_for, event_log_likelihood  # noqa: E402
 from bayesdyn.models import LatentJumpSDE, LatentJumpSDEConfig  # noqa: E402
 
 NAME = "point_processes"
@@ -158,10 +158,7 @@ def load_pp_config(path) -> dict:
 def check_average_last(cfg: dict, where: str) -> None:
     """Raise unless ``average_last`` (the fraction of the steps, at the end, whose iterates are
     averaged; 0: none) lies in ``[0, 1)``."""
-    if not 0.0 <= cfg["average_last"] < 1.0:
-        raise BayesdynValueError(
-            f"{where}: 'average_last' must lie in [0, 1); got {cfg['average_last']!r}"
-        )
+    average_after_for(1, cfg["average_last"], f"{where}: 'average_last'")
 
 
 def dataset_config(cfg: dict, name: str, where: str = "config") -> dict:
@@ -234,11 +231,7 @@ def train(model, train_b, val_b, cfg: dict, seed: int, log) -> dict:
         clip_norm=cfg["clip_norm"],
         val_data=val_b,
         val_every=cfg["eval_every"],
-        average_after=(
-            int(round(cfg["num_steps"] * (1.0 - cfg["average_last"])))
-            if cfg["average_last"] > 0
-            else None
-        ),
+        average_after=average_after_for(cfg["num_steps"], cfg["average_last"], "average_last"),
         seed=seed,
         progress=False,
     )

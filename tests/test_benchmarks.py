@@ -289,8 +289,14 @@ def test_point_process_config_overrides_apply_per_data_set(tmp_path):
         ({"poisson": {"num_steps": 0}}, r"overrides.poisson"),
         ({"poisson": 3}, r"overrides.poisson must be an object"),
         ({"poisson": {"model": {"widths": 3}}}, r"overrides.poisson.model"),
-        ({"poisson": {"average_last": 1.0}}, r"'average_last' must lie in \[0, 1\); got 1.0"),
-        ({"poisson": {"average_last": -0.1}}, r"overrides.poisson: 'average_last' must lie"),
+        (
+            {"poisson": {"average_last": 1.0}},
+            r"'average_last' must be a fraction in \[0, 1\); got 1.0",
+        ),
+        (
+            {"poisson": {"average_last": -0.1}},
+            r"overrides.poisson: 'average_last' must be a fraction",
+        ),
         ({"poisson": {"model": {"init_intensity": 2.0}}}, r"init_intensity is set from the data"),
     ],
 )

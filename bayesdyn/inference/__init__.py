@@ -14,7 +14,7 @@ from .event_predictive import (
     event_log_likelihood,
     forecast_events,
 )
-from .fit import FitResult, fit, load_checkpoint, save_checkpoint
+from .fit import FitResult, average_after_for, fit, load_checkpoint, save_checkpoint
 from .io import load_model, save_model
 from .kalman import KalmanResult, LinearGaussianSDE, kalman_filter
 from .particle import (
@@ -43,6 +43,7 @@ __all__ = [
     "PathELBO",
     "SDEStateSpace",
     "Trajectories",
+    "average_after_for",
     "ensemble_disagreement",
     "event_log_likelihood",
     "fit",

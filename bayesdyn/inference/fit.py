@@ -26,7 +26,7 @@ from .._validation import (
 )
 from .elbo import PathELBO
 
-__all__ = ["FitResult", "fit", "load_checkpoint", "save_checkpoint"]
+__all__ = ["FitResult", "average_after_for", "fit", "load_checkpoint", "save_checkpoint"]
 
 CHECKPOINT_FORMAT = "bayesdyn.checkpoint/1"
 
@@ -237,6 +237,22 @@ def _snapshot(x):
     if isinstance(x, (list, tuple)):
         return type(x)(_snapshot(v) for v in x)
     return copy.deepcopy(x)
+
+
+def average_after_for(num_steps: int, fraction: float, name: str = "fraction") -> int | None:
+    """``fit``'s ``average_after`` that averages over the last ``fraction`` of ``num_steps``.
+
+    Returns None for ``fraction == 0`` (no averaging) or ``num_steps == 0``; otherwise the step
+    after which averaging starts, at most ``num_steps - 1`` (so at least the last step counts).
+
+    Raises:
+        BayesdynValueError: naming ``name``, unless ``0 <= fraction < 1``.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise BayesdynValueError(f"{name} must be a fraction in [0, 1); got {fraction}")
+    if fraction == 0.0 or num_steps <= 0:
+        return None
+    return min(int(round(num_steps * (1.0 - fraction))), num_steps - 1)
 
 
 class _IterateAverage:

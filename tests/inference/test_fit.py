@@ -136,3 +136,13 @@ def test_iterate_averaging_returns_the_mean_of_the_iterates(tmp_path, data):
         assert torch.allclose(v, resumed.state_dict()[k], atol=1e-10), k
     with pytest.raises(BayesdynValueError, match=r"average_after must be an integer in \[0, "):
         fit(small(), data, num_steps=4, average_after=4, progress=False)
+
+
+def test_average_after_for():
+    from bayesdyn.inference import average_after_for
+
+    assert average_after_for(2400, 0.3) == 1680
+    assert average_after_for(300, 0.001) == 299  # never num_steps itself (fit would refuse it)
+    assert average_after_for(300, 0.0) is None and average_after_for(0, 0.5) is None
+    with pytest.raises(BayesdynValueError, match=r"--x must be a fraction in \[0, 1\); got 1.0"):
+        average_after_for(10, 1.0, "--x")
