@@ -271,11 +271,15 @@ class GRUEncoder(nn.Module):
     def forward(self, times: Tensor, values: Tensor, mask: Tensor, lengths: Tensor) -> Tensor:
         """See class docstring."""
         B, T = times.shape
+        x = _row_inputs(times, values, mask)
+        if not under_functorch(lengths) and bool((lengths == T).all()):
+            # No padding: the reversal is a flip (its backward is a flip too, where the gather
+            # below would scatter-add into a zeroed tensor).
+            return self.out(gru_sequence(self.gru, x.flip(1)).flip(1))
         j = torch.arange(T, device=times.device).expand(B, T)
         # Reverse each series within its length; padding rows stay at the end. The map is its
         # own inverse, so the same gather brings the outputs back to forward order.
         rev = torch.where(j < lengths.unsqueeze(-1), lengths.unsqueeze(-1) - 1 - j, j)
-        x = _row_inputs(times, values, mask)
         x_rev = torch.gather(x, 1, rev.unsqueeze(-1).expand_as(x))
         h = gru_sequence(self.gru, x_rev)
         h = torch.gather(h, 1, rev.unsqueeze(-1).expand_as(h))

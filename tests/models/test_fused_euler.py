@@ -204,3 +204,27 @@ def test_hand_written_gru_under_vmap_over_members_equals_each_member():
         xk = xs[k].detach().requires_grad_()
         ref = torch.autograd.grad(gru(xk)[0].square().sum(), xk)[0]
         torch.testing.assert_close(gx[k], ref, rtol=1e-10, atol=1e-12)
+
+
+def test_gru_encoder_without_padding_equals_per_series_reversal():
+    """With every series at full length the encoder flips instead of gathering: the same
+    context and gradients as the general (ragged) reversal, here forced by one extra padding
+    row that the full-length series never read."""
+    torch.manual_seed(2)
+    enc = GRUEncoder(2, 5, 3)
+    batch = ragged_batch(B=3, T=4)
+    full = torch.full((3,), 4)
+    values = batch.values.clone().requires_grad_()
+    ctx = enc(batch.times, values, batch.mask, full)
+    # The same series with a padding row appended: the general path (lengths < T).
+    pad = lambda t: torch.cat([t, t[:, -1:]], 1)  # noqa: E731
+    mask = pad(batch.mask)
+    mask[:, -1] = False
+    ctx_ref = enc(pad(batch.times), pad(values), mask, full)[:, :4]
+    torch.testing.assert_close(ctx, ctx_ref, rtol=1e-12, atol=1e-12)
+    w = torch.randn_like(ctx)
+    params = [values, *enc.parameters()]
+    g = torch.autograd.grad((w * ctx).sum(), params)
+    g_ref = torch.autograd.grad((w * ctx_ref).sum(), params)
+    for a, b in zip(g, g_ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
