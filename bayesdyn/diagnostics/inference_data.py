@@ -261,14 +261,14 @@ def _jump_member_draws(
     try:
         with torch.no_grad():
             prep = model.prepare(batch, qt)  # the grid both traces below run on
-            qidx = prep.grid.query_index  # [Q]
+            qidx = prep.grid.query_index  # [Q], or [B, Q] on per-series grids
             for start in range(0, num_samples, chunk_size):
                 n = min(chunk_size, num_samples - start)
                 with pyro.plate("_idata_draws", n, dim=-3):
                     gtr = poutine.trace(model.guide).get_trace(batch, qt)
                     mtr = poutine.trace(poutine.replay(model.model, trace=gtr)).get_trace(batch, qt)
                 path = mtr.nodes["_RETURN"]["value"]  # [n, B, U, L]
-                z = path[..., qidx, :]
+                z = gather_on_grid(path, qidx.expand(path.shape[-3], -1))
                 add("z", z)
                 add("z0", gtr.nodes[Z0_SITE]["value"].reshape(n, *path.shape[1:2], -1))
                 add("intensity", model.intensity(z))
@@ -572,7 +572,7 @@ def _jump_inference_data(
     windows = np.asarray(data.windows, dtype=np.float64)  # [B, 2]
     scaled = data if scaler is None else data.standardize(scaler)[0]
     if times is None:
-        t0 = float(models[0].prepare(scaled.to_jump_batch()).grid.grid[0])
+        t0 = float(models[0].prepare(scaled.to_jump_batch()).grid.grid[..., 0].min())
         times = np.linspace(t0, float(windows[:, 1].max()), num_times)
     draws = [
         _jump_member_draws(m, scaled, scaler, times, num_samples, seed + e, chunk_size, elbo)

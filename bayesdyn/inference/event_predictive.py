@@ -23,7 +23,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .._validation import BayesdynTypeError, BayesdynValueError, check_positive
-from ..solvers import simulate_jump_diffusion_events
+from ..solvers import gather_on_grid, simulate_jump_diffusion_events
 
 __all__ = ["EventForecast", "EventLikelihood", "event_log_likelihood", "forecast_events"]
 
@@ -210,8 +210,12 @@ def forecast_events(
     try:
         with torch.no_grad():
             prep = model.prepare(batch)
-            g = prep.grid.grid
-            wend = torch.searchsorted(g, t_start.to(g.dtype).contiguous())  # [B]
+            g = prep.grid.grid  # [U], or [B, U] per series
+            tq = t_start.to(g.dtype).contiguous()
+            if g.dim() == 1:
+                wend = torch.searchsorted(g, tq)  # [B]
+            else:
+                wend = torch.searchsorted(g, tq.unsqueeze(-1)).squeeze(-1)
             for c0 in tqdm(chunks, disable=not progress, desc="forecast events"):
                 n = min(chunk_size, num_samples - c0)
                 with pyro.plate("_forecast_samples", n, dim=-3):
@@ -392,8 +396,8 @@ def event_log_likelihood(
                 per_sample.append(lp)
                 if query_times is not None:
                     z = tr.nodes["_RETURN"]["value"]  # [S, b, U, L]
-                    idx = model.prepare(sub, query_times).grid.query_index
-                    lams.append(model.intensity(z[..., idx, :]))
+                    idx = model.prepare(sub, query_times).grid.query_index  # [Q] or [b, Q]
+                    lams.append(model.intensity(gather_on_grid(z, idx.expand(z.shape[-3], -1))))
     finally:
         model.train(was_training)
     samples = torch.cat(per_sample, 1)

@@ -230,6 +230,11 @@ class JumpDiffusionPath(TorchDistribution):
         validate_args=None,
     ):
         check_path_args(sde, z0, grid)
+        if grid.dim() != 1:
+            raise BayesdynValueError(
+                f"JumpDiffusionPath takes one grid [U] shared by the batch; got shape "
+                f"{tuple(grid.shape)} (per-series grids are supported by SDEPath)"
+            )
         self.sde = sde
         self.z0 = z0
         self.grid = grid.to(z0.dtype)

@@ -46,7 +46,7 @@ from pyro.nn import PyroModule
 from torch import Tensor, nn
 
 from .._validation import BayesdynTypeError, BayesdynValueError
-from ..solvers import UnionGrid, gather_on_grid
+from ..solvers import UnionGrid, gather_on_grid, make_series_grid
 from .base import AbstractSDE
 from .latent_sde import (
     OBS_SITE,
@@ -77,6 +77,8 @@ JUMPS_SITE = "jumps"
 
 #: Intensity link -> interpolation of the intensity on a solver step (see the module docstring).
 _LINKS = {"softplus": "linear", "exp": "log_linear"}
+#: Solver grid layouts (``LatentJumpSDEConfig.grid``).
+GRIDS = ("union", "per_series")
 
 
 @dataclass
@@ -110,6 +112,14 @@ class LatentJumpSDEConfig(ModelOptions):
             as in ``LatentSDEConfig``.
         obs_scale_init: initial scale of the Gaussian decoder (``obs_dim > 0``).
         dt: largest solver step; t0: time of the initial state (default: the batch's first).
+        grid: ``"union"`` (default): all series of a batch share the sorted union of their
+            event and observation times (refined to ``dt``), so a batch of ``B`` sequences of
+            ``n`` events takes ``~B n`` solver steps. ``"per_series"``: each series is solved
+            on its own times (:func:`bayesdyn.solvers.make_series_grid`), ``~n`` steps of
+            batched work for the whole batch (a large speed-up for event data, where every
+            event is a grid point); each series' initial state then sits at its own first time
+            (or ``t0``). Needs ``guide="prior"`` and ``time_input=False`` (the encoder guide's
+            features and time inputs live on the union grid).
         guide: ``"encoder"`` (default): the amortised posterior SDE whose encoder reads the
             observations and events. ``"prior"``: the guide is the prior itself (``q(z0) =
             p(z0)``, the prior jump SDE's path), so the ELBO is ``E_prior[log p(events, obs |
@@ -141,11 +151,20 @@ class LatentJumpSDEConfig(ModelOptions):
     obs_scale_init: float = 0.1
     dt: float = 0.5
     t0: float | None = None
+    grid: str = "union"
     guide: str = "encoder"
 
     def __post_init__(self):
         if self.guide not in ("encoder", "prior"):
             raise BayesdynValueError(f"guide must be 'encoder' or 'prior'; got {self.guide!r}")
+        if self.grid not in GRIDS:
+            raise BayesdynValueError(f"grid must be one of {list(GRIDS)}; got {self.grid!r}")
+        if self.grid == "per_series" and (self.guide != "prior" or self.time_input):
+            raise BayesdynValueError(
+                "grid='per_series' needs guide='prior' and time_input=False (the encoder "
+                f"guide and time inputs use the union grid); got guide={self.guide!r}, "
+                f"time_input={self.time_input!r}"
+            )
         if self.z0_scale_init is not None and not (
             isinstance(self.z0_scale_init, (int, float)) and 1e-3 <= self.z0_scale_init < 1e3
         ):
@@ -201,7 +220,10 @@ class EventGrid:
     Attributes:
         merged: an ``IrregularBatch``-like tuple of the merged observation and event rows
             (channels: the ``D`` values, then the ``K`` one-hot marks).
-        grid: the :class:`~bayesdyn.solvers.UnionGrid` of the merged rows (and query times).
+        grid: the :class:`~bayesdyn.solvers.UnionGrid` of the merged rows (and query times):
+            ``grid.grid`` is ``[U]`` (union) or ``[B, U]`` (per series).
+        path_grid: the grid as the path and point-process sites take it: ``[U]`` or
+            ``[B, 1, U]`` (the singleton is the time-plate dim).
         at: whether a (real) event sits at each grid point, ``[B, 1, U]``.
         onehot: one-hot mark at each grid point (zeros elsewhere), ``[B, 1, U, K]``.
         event_index: grid index of each event, ``[B, N]`` (padding: the window end's).
@@ -215,6 +237,8 @@ class EventGrid:
         self.onehot = onehot
         self.event_index = event_index
         self.obs_index = obs_index
+        g = grid.grid
+        self.path_grid = g if g.dim() == 1 else g.unsqueeze(-2)
 
 
 class _JumpingSDE(AbstractSDE):
@@ -224,7 +248,8 @@ class _JumpingSDE(AbstractSDE):
     and diffusion are evaluated at ``z+`` and the jump enters as the impulsive drift
     ``(z+ - z) / dt_k``, so ``z_{k+1} = z+ + f(z+) dt_k + g(z+) sqrt(dt_k) eps`` exactly.
 
-    Shapes: ``at [B, 1, U]``, ``onehot [B, 1, U, K]``, states ``[..., B, 1, L]``.
+    Shapes: ``grid [U]`` or per series ``[B, 1, U]``, ``at [B, 1, U]``, ``onehot [B, 1, U, K]``,
+    states ``[..., B, 1, L]``.
     """
 
     def __init__(self, inner: AbstractSDE, jump, grid: Tensor, at: Tensor, onehot: Tensor):
@@ -234,8 +259,9 @@ class _JumpingSDE(AbstractSDE):
         self.grid = grid
         self.at = at
         self.onehot = onehot
-        dts = grid[1:] - grid[:-1]
-        self._dt_list = dts.tolist()
+        dts = grid[..., 1:] - grid[..., :-1]
+        # Step sizes: Python floats for a shared grid, [*gbatch, 1] tensors per series.
+        self._dt_list = dts.tolist() if grid.dim() == 1 else dts.unsqueeze(-1).unbind(-2)
         self._dts = dts.unsqueeze(-1)
         self._any = at.reshape(-1, at.shape[-1]).any(0).tolist()
         self._at_steps = at.unsqueeze(-1).to(onehot.dtype).unbind(-2)  # U x [B, 1, 1]
@@ -272,6 +298,11 @@ class _JumpingSDE(AbstractSDE):
         return isinstance(other, _JumpingSDE) and shares is not None and shares(other.inner)
 
     def drift_and_diffusion(self, t: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+        if self.grid.dim() > 1:
+            raise BayesdynValueError(
+                "a jump SDE on per-series grids has no single grid step for an arbitrary time; "
+                "use the union grid (LatentJumpSDEConfig.grid='union') for torchsde solvers"
+            )
         k = int(torch.searchsorted(self.grid, t.reshape(()), right=True)) - 1
         return self.step(min(max(k, 0), self.grid.numel() - 2), t, z)
 
@@ -467,13 +498,25 @@ class LatentJumpSDE(ConfigCheckpoint, PyroModule):
         return IrregularBatch(times, vals, mask, lengths)
 
     def prepare(self, batch, query_times: Tensor | None = None) -> EventGrid:
-        """Merge rows, build the solver grid and map the events onto it (see :class:`EventGrid`)."""
+        """Merge rows, build the solver grid (``config.grid``) and map the events onto it.
+
+        See :class:`EventGrid`. Shapes: ``query_times [Q]`` (or ``[B, Q]``).
+        """
         self.check_batch(batch)
         merged = self._merge(batch)
-        grid = self.core.make_grid(merged, query_times)
+        if self.config.grid == "per_series":
+            grid = make_series_grid(
+                merged.times,
+                query_times=query_times,
+                dt=self.config.dt,
+                t0=self.config.t0,
+                rounding=self.core.config.step_rounding,
+            )
+        else:
+            grid = self.core.make_grid(merged, query_times)
         ev = batch.events
         g = grid.grid
-        B, U, K = ev.times.shape[0], g.numel(), self.config.num_marks
+        B, U, K = ev.times.shape[0], g.shape[-1], self.config.num_marks
         eidx = torch.searchsorted(g, ev.times.to(g.dtype).contiguous())
         # Padding events write into a spare column U, dropped afterwards.
         at = torch.zeros(B, U + 1, dtype=torch.bool, device=g.device)
@@ -486,14 +529,14 @@ class LatentJumpSDE(ConfigCheckpoint, PyroModule):
         return EventGrid(merged, grid, at.unsqueeze(1), onehot.unsqueeze(1), eidx, obs_index)
 
     def _bound(self, prep: EventGrid, inner: AbstractSDE) -> _JumpingSDE:
-        return _JumpingSDE(inner, self.jump_net, prep.grid.grid, prep.at, prep.onehot)
+        return _JumpingSDE(inner, self.jump_net, prep.path_grid, prep.at, prep.onehot)
 
     # ------------------------------------------------------------------ Pyro
     def model(self, batch, query_times: Tensor | None = None, kl_scale: float = 1.0) -> Tensor:
         """Generative model; see the module docstring. Returns the path ``[..., B, U, L]``."""
         pyro.module("latent_jump_sde", self)
         prep = self.prepare(batch, query_times)
-        grid = prep.grid.grid
+        grid = prep.path_grid
         B = batch.times.shape[0]
         L = self.config.latent_dim
         sde = self._bound(prep, self.core.prior_sde(prep.merged, grid))
@@ -539,7 +582,7 @@ class LatentJumpSDE(ConfigCheckpoint, PyroModule):
         """
         pyro.module("latent_jump_sde", self)
         prep = self.prepare(batch, query_times)
-        grid = prep.grid.grid
+        grid = prep.path_grid
         B = batch.times.shape[0]
         if self.config.guide == "prior":
             return self._prior_guide(prep, B, kl_scale)
@@ -555,7 +598,7 @@ class LatentJumpSDE(ConfigCheckpoint, PyroModule):
 
     def _prior_guide(self, prep: EventGrid, B: int, kl_scale: float) -> Tensor:
         """``guide="prior"``: sample ``z0`` and the path from the prior jump SDE itself."""
-        grid = prep.grid.grid
+        grid = prep.path_grid
         sde = self._bound(prep, self.core.prior_sde(prep.merged, grid))
         with pyro.plate("series", B, dim=-2):
             with poutine.scale(scale=kl_scale):

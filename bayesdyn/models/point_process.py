@@ -51,7 +51,8 @@ class TemporalPointProcess(TorchDistribution):
     them.)
 
     Args:
-        grid: strictly increasing solver grid.
+        grid: strictly increasing solver grid, shared (``[U]``) or per series (``[*gbatch, U]``,
+            broadcasting to the batch shape; see :func:`bayesdyn.solvers.make_series_grid`).
         intensity: per-mark intensity at the grid points, for a continuous intensity; or give
             ``start`` and ``end`` instead.
         start: intensity at the left end of each grid interval (right limits).
@@ -67,7 +68,7 @@ class TemporalPointProcess(TorchDistribution):
             ``lambda = exp(W z)`` of a path that is linear on each step.
 
     Shapes:
-        - ``grid``: ``[U]``; ``intensity``: ``[*batch, U, K]``; ``start``/``end``:
+        - ``grid``: ``[U]`` or ``[*gbatch, U]``; ``intensity``: ``[*batch, U, K]``; ``start``/``end``:
           ``[*batch, U-1, K]``; ``window``: ``[*batch, 2]``
         - value: ``[*sample, *batch, N, 2]``; ``log_prob`` returns ``[*sample, *batch]``.
     """
@@ -90,7 +91,7 @@ class TemporalPointProcess(TorchDistribution):
     ):
         check_grid(grid, min_points=2)
         check_interpolation(interpolation)
-        U = grid.numel()
+        U = grid.shape[-1]
         if intensity is not None:
             if start is not None or end is not None:
                 raise BayesdynValueError("pass either intensity or start/end, not both")
@@ -132,11 +133,22 @@ class TemporalPointProcess(TorchDistribution):
             batch_shape = torch.broadcast_shapes(batch_shape, window.shape[:-1])
             if is_validation_enabled() and bool((window[..., 0] > window[..., 1]).any()):
                 raise BayesdynValueError("window must satisfy window[..., 0] <= window[..., 1]")
-            outside = (window[..., 0] < grid[0]) | (window[..., 1] > grid[-1])
+            g0, g1 = grid[..., 0].to(window.dtype), grid[..., -1].to(window.dtype)
+            outside = (window[..., 0] < g0) | (window[..., 1] > g1)
             if is_validation_enabled() and bool(outside.any()):
                 raise BayesdynValueError(
-                    f"window must lie inside the grid [{float(grid[0]):g}, {float(grid[-1]):g}]; "
+                    f"window must lie inside the grid [{float(g0.max()):g}, {float(g1.min()):g}]; "
                     f"got {window[outside][0].tolist()}"
+                )
+        if grid.dim() > 1:
+            try:
+                ok = torch.broadcast_shapes(grid.shape[:-1], batch_shape) == batch_shape
+            except RuntimeError:
+                ok = False
+            if not ok:
+                raise BayesdynValueError(
+                    f"a per-series grid's leading shape {tuple(grid.shape[:-1])} must broadcast "
+                    f"to the batch shape {tuple(batch_shape)}"
                 )
         if max_events is not None and (
             isinstance(max_events, bool) or not isinstance(max_events, int) or max_events < 1
@@ -236,8 +248,8 @@ class TemporalPointProcess(TorchDistribution):
         if value.shape[-2] > 1 and bool((valid[..., 1:] & ~valid[..., :-1]).any()):
             raise BayesdynValueError("event padding (mark -1) must come after all real events")
         lo, hi = self._bounds()
-        lo = self.grid[0] if lo is None else lo.unsqueeze(-1)
-        hi = self.grid[-1] if hi is None else hi.unsqueeze(-1)
+        lo = self.grid[..., :1] if lo is None else lo.unsqueeze(-1)
+        hi = self.grid[..., -1:] if hi is None else hi.unsqueeze(-1)
         outside = valid & ((times < lo) | (times > hi))
         if bool(outside.any()):
             t = float(times[outside][0])

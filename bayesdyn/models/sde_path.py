@@ -14,30 +14,38 @@ __all__ = ["SDEPath"]
 
 
 def check_grid(grid: Tensor, *, min_points: int = 1) -> None:
-    """Raise unless ``grid`` is a detached, strictly increasing 1-D tensor ``[U]``, ``U >= min_points``.
+    """Raise unless ``grid`` is a detached, strictly increasing tensor with ``U >= min_points``.
 
-    The ordering check runs only while validation is enabled (see
+    ``grid`` is shared by every batch member (``[U]``) or holds one row per series
+    (``[*gbatch, U]``, see :func:`bayesdyn.solvers.make_series_grid`), each row strictly
+    increasing. The ordering check runs only while validation is enabled (see
     :func:`bayesdyn.enable_validation`).
     """
-    if not isinstance(grid, Tensor) or grid.dim() != 1 or grid.numel() < min_points:
+    if not isinstance(grid, Tensor) or grid.dim() < 1 or grid.shape[-1] < min_points:
         raise BayesdynValueError(
-            f"grid must be a 1-D tensor [U] with U >= {min_points}; "
+            f"grid must be a tensor [U] (or per series [*gbatch, U]) with U >= {min_points}; "
             f"got {getattr(grid, 'shape', grid)}"
         )
     if grid.requires_grad:
         raise BayesdynValueError("grid must not require grad; call .detach() first")
-    if is_validation_enabled() and grid.numel() > 1 and not bool((grid[1:] > grid[:-1]).all()):
-        k = int((grid[1:] <= grid[:-1]).nonzero()[0])
-        raise BayesdynValueError(
-            f"grid must be strictly increasing; grid[{k + 1}]={float(grid[k + 1])} follows "
-            f"grid[{k}]={float(grid[k])}"
-        )
+    if is_validation_enabled() and grid.shape[-1] > 1:
+        bad = grid[..., 1:] <= grid[..., :-1]
+        if bool(bad.any()):
+            where = tuple(int(i) for i in bad.nonzero()[0])
+            k = where[-1]
+            row = where[:-1]
+            raise BayesdynValueError(
+                f"grid must be strictly increasing; grid[{', '.join(map(str, row + (k + 1,)))}]="
+                f"{float(grid[row + (k + 1,)])} follows grid[{', '.join(map(str, row + (k,)))}]="
+                f"{float(grid[row + (k,)])}"
+            )
 
 
 def check_path_args(sde: AbstractSDE, z0: Tensor, grid: Tensor) -> None:
     """Validate the ``(sde, z0, grid)`` of a path distribution (``SDEPath``, ``JumpDiffusionPath``).
 
-    Shapes: ``z0`` ``[*batch, L]`` with ``L = sde.state_dim``; ``grid`` ``[U]``, ``U >= 1``.
+    Shapes: ``z0`` ``[*batch, L]`` with ``L = sde.state_dim``; ``grid`` ``[U]``, ``U >= 1``, or
+    per series ``[*gbatch, U]`` with ``gbatch`` broadcastable to ``batch``.
     """
     if not isinstance(sde, AbstractSDE):
         raise BayesdynTypeError(
@@ -51,6 +59,16 @@ def check_path_args(sde: AbstractSDE, z0: Tensor, grid: Tensor) -> None:
             f"z0 has {z0.shape[-1]} latent dims, the sde expects state_dim={sde.state_dim}"
         )
     check_grid(grid)
+    if grid.dim() > 1:
+        try:
+            shape = torch.broadcast_shapes(grid.shape[:-1], z0.shape[:-1])
+        except RuntimeError:
+            shape = None
+        if shape != z0.shape[:-1]:
+            raise BayesdynValueError(
+                f"a per-series grid's leading shape {tuple(grid.shape[:-1])} must broadcast to "
+                f"z0's batch shape {tuple(z0.shape[:-1])}"
+            )
 
 
 class SDEPath(TorchDistribution):
@@ -76,10 +94,11 @@ class SDEPath(TorchDistribution):
     Args:
         sde: an :class:`~bayesdyn.models.AbstractSDE` (diagonal noise).
         z0: initial state at ``grid[0]``.
-        grid: strictly increasing times (see :func:`bayesdyn.solvers.make_union_grid`).
+        grid: strictly increasing times (see :func:`bayesdyn.solvers.make_union_grid`), or
+            one row per series (:func:`bayesdyn.solvers.make_series_grid`).
 
     Shapes:
-        - ``z0``: ``[*batch, L]``; ``grid``: ``[U]``
+        - ``z0``: ``[*batch, L]``; ``grid``: ``[U]`` or ``[*gbatch, U]`` (broadcasting to ``batch``)
         - ``batch_shape = z0.shape[:-1]``; ``event_shape = (U, L)``; samples ``[*sample, *batch, U, L]``
     """
 
@@ -95,7 +114,7 @@ class SDEPath(TorchDistribution):
         self._cache: tuple[Tensor, Tensor, Tensor] | None = None
         self._prior_drift: Tensor | None = None
         super().__init__(
-            z0.shape[:-1], torch.Size((grid.numel(), z0.shape[-1])), validate_args=validate_args
+            z0.shape[:-1], torch.Size((grid.shape[-1], z0.shape[-1])), validate_args=validate_args
         )
 
     def expand(self, batch_shape, _instance=None):
@@ -120,7 +139,8 @@ class SDEPath(TorchDistribution):
         L = self.event_shape[-1]
         z0 = self.z0.expand(shape + (L,))
         noise = torch.randn(shape + (self.event_shape[0] - 1, L), dtype=z0.dtype, device=z0.device)
-        fused = getattr(self.sde, "sample_path", None)
+        # The fused kernels take a shared grid; per-series grids use the generic loop.
+        fused = getattr(self.sde, "sample_path", None) if self.grid.dim() == 1 else None
         out = None if fused is None else fused(z0, self.grid, noise)
         prior_drift = None
         if out is not None:  # same scheme, one autograd node (see _BoundSDE.sample_path)
@@ -154,7 +174,7 @@ class SDEPath(TorchDistribution):
         """
         if self._cache is not None and self._cache[0] is value:
             return self._cache[1], self._cache[2]
-        return self.sde.on_path(self.grid[:-1], value[..., :-1, :])
+        return self.sde.on_path(self.grid[..., :-1], value[..., :-1, :])
 
     def path_kl(self, prior: SDEPath, value: Tensor) -> Tensor:
         r"""Low-variance estimate of ``KL(self || prior)`` along a path drawn from ``self``.
@@ -171,8 +191,8 @@ class SDEPath(TorchDistribution):
             raise BayesdynTypeError(f"prior must be an SDEPath; got {type(prior).__name__}")
         if prior.grid.shape != self.grid.shape or not torch.equal(prior.grid, self.grid):
             raise BayesdynValueError(
-                f"prior and posterior paths must share one grid; got {prior.grid.numel()} "
-                f"and {self.grid.numel()} points"
+                f"prior and posterior paths must share one grid; got shapes "
+                f"{tuple(prior.grid.shape)} and {tuple(self.grid.shape)}"
             )
         f_q, g = self.drift_diffusion_on(value)
         shares = getattr(self.sde, "shares_diffusion_with", None)
@@ -183,11 +203,11 @@ class SDEPath(TorchDistribution):
         elif shares is not None and shares(prior.sde):
             # Same diffusion object in both SDEs: g_p == g by construction, so only the prior
             # drift is evaluated (half the work of ``on_path``, no redundant check).
-            f_p = prior.sde.drift_on_path(self.grid[:-1], value[..., :-1, :])
+            f_p = prior.sde.drift_on_path(self.grid[..., :-1], value[..., :-1, :])
         else:
-            f_p, g_p = prior.sde.on_path(self.grid[:-1], value[..., :-1, :])
+            f_p, g_p = prior.sde.on_path(self.grid[..., :-1], value[..., :-1, :])
             self._check_same_diffusion(g, g_p)
-        dts = (self.grid[1:] - self.grid[:-1]).unsqueeze(-1)
+        dts = (self.grid[..., 1:] - self.grid[..., :-1]).unsqueeze(-1)
         return 0.5 * (((f_q - f_p) / g).square() * dts).sum((-1, -2))
 
     @staticmethod

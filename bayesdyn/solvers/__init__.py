@@ -11,7 +11,13 @@ from ._euler import (
     euler_maruyama,
     euler_transition_log_prob,
 )
-from ._grid import UnionGrid, gather_on_grid, make_union_grid, torchsde_layout
+from ._grid import (
+    UnionGrid,
+    gather_on_grid,
+    make_series_grid,
+    make_union_grid,
+    torchsde_layout,
+)
 from ._thinning import (
     INTERPOLATIONS,
     JumpSimulation,
@@ -41,6 +47,7 @@ __all__ = [
     "interpolate",
     "interval_mean",
     "interval_index",
+    "make_series_grid",
     "make_union_grid",
     "piecewise_linear_at",
     "piecewise_linear_integral",

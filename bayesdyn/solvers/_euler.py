@@ -51,31 +51,39 @@ def euler_maruyama(step_fn: StepFn, z0: Tensor, grid: Tensor, noise: Tensor) -> 
     Args:
         step_fn: ``(k, t_k, z_k) -> (f, g)`` returning drift and diagonal diffusion.
         z0: initial state at ``grid[0]``.
-        grid: strictly increasing times.
+        grid: strictly increasing times: shared by all paths (``[U]``), or one row per series
+            (``[*gbatch, U]``, broadcasting against ``z0``'s batch dimensions; then ``t_k`` is
+            ``grid[..., k]``).
         noise: standard-normal draws, one per step (fix them for common random numbers).
 
     Returns:
         :class:`EulerPath` with the path and the drift/diffusion at each step.
 
     Shapes:
-        - ``z0``: ``[..., L]``; ``grid``: ``[U]``; ``noise``: ``[..., U-1, L]``
+        - ``z0``: ``[..., L]``; ``grid``: ``[U]`` or ``[*gbatch, U]``; ``noise``: ``[..., U-1, L]``
         - returns ``path [..., U, L]``, ``drift``/``diffusion [..., U-1, L]``
 
     Raises:
         SolverDiverged: if the path becomes non-finite.
     """
     num_steps = grid.shape[-1] - 1
-    dts = (grid[1:] - grid[:-1]).to(z0.dtype)
-    # Python floats avoid a tensor index per step; sqrt(dt) scales the noise once up front.
-    dt_list = dts.tolist()
+    dts = (grid[..., 1:] - grid[..., :-1]).to(z0.dtype)
+    if grid.dim() == 1:
+        # Python floats avoid a tensor index per step.
+        dt_steps = dts.tolist()
+        t_steps = grid
+    else:
+        dt_steps = dts.unsqueeze(-1).unbind(-2)  # U-1 x [*gbatch, 1]
+        t_steps = grid.unbind(-1)
+    # sqrt(dt) scales the noise once up front.
     scaled = noise * dts.sqrt().unsqueeze(-1)
     states = [z0]
     drifts = []
     diffusions = []
     z = z0
     for k in range(num_steps):
-        f, g = step_fn(k, grid[k], z)
-        z = z + f * dt_list[k] + g * scaled[..., k, :]
+        f, g = step_fn(k, t_steps[k], z)
+        z = z + f * dt_steps[k] + g * scaled[..., k, :]
         states.append(z)
         drifts.append(f)
         diffusions.append(g)
@@ -109,8 +117,9 @@ def check_finite_path(path: Tensor, grid: Tensor) -> None:
     if bool(finite.all()):
         return
     bad_step = int((~finite).reshape(-1, *path.shape[-2:]).any(0).any(-1).nonzero()[0])
+    t_bad = float(grid[..., bad_step].min())  # the earliest such time over per-series grids
     raise SolverDiverged(
-        f"the SDE path became non-finite at grid step {bad_step} (t={float(grid[bad_step]):.6g}). "
+        f"the SDE path became non-finite at grid step {bad_step} (t={t_bad:.6g}). "
         "Try a smaller dt, a stable drift (stable_drift=True), or standardised data."
     )
 
@@ -123,7 +132,8 @@ def euler_transition_log_prob(
     ``dz_k ~ Normal(f_k dt_k, g_k^2 dt_k)`` independently over ``k`` and the latent dimensions.
 
     Shapes:
-        - ``increments``, ``drift``, ``diffusion``: ``[..., U-1, L]``; ``dts``: ``[U-1]``
+        - ``increments``, ``drift``, ``diffusion``: ``[..., U-1, L]``; ``dts``: ``[U-1]`` (or
+          per series ``[*gbatch, U-1]``)
         - returns ``[...]``
     """
     dts = dts.unsqueeze(-1)
@@ -140,14 +150,14 @@ def euler_log_prob(path: Tensor, grid: Tensor, path_fn: PathFn) -> Tensor:
 
     Args:
         path: the path on the grid.
-        grid: strictly increasing times.
-        path_fn: ``(ts [U-1], z [..., U-1, L]) -> (f, g)``, drift and diffusion evaluated at
-            every left end point in one call.
+        grid: strictly increasing times, shared (``[U]``) or per series (``[*gbatch, U]``).
+        path_fn: ``(ts [..., U-1], z [..., U-1, L]) -> (f, g)``, drift and diffusion
+            evaluated at every left end point in one call.
 
     Shapes:
-        - ``path``: ``[..., U, L]``; ``grid``: ``[U]``; returns ``[...]``
+        - ``path``: ``[..., U, L]``; ``grid``: ``[U]`` or ``[*gbatch, U]``; returns ``[...]``
     """
-    dts = (grid[1:] - grid[:-1]).to(path.dtype)
+    dts = (grid[..., 1:] - grid[..., :-1]).to(path.dtype)
     left = path[..., :-1, :]
-    f, g = path_fn(grid[:-1], left)
+    f, g = path_fn(grid[..., :-1], left)
     return euler_transition_log_prob(path[..., 1:, :] - left, f, g, dts)

@@ -16,16 +16,25 @@ from torch import Tensor
 
 from .._validation import BayesdynTypeError, BayesdynValueError
 
-__all__ = ["UnionGrid", "gather_on_grid", "make_union_grid", "torchsde_layout"]
+__all__ = [
+    "UnionGrid",
+    "gather_on_grid",
+    "make_series_grid",
+    "make_union_grid",
+    "torchsde_layout",
+]
 
 
 class UnionGrid(NamedTuple):
     """A shared solver grid and the maps from observation and query times onto it.
 
     Shapes:
-        - ``grid``: ``[U]``, strictly increasing.
-        - ``index``: ``[B, T]`` long; ``grid[index[b, t]] == times[b, t]``.
-        - ``query_index``: ``[Q]`` long (or ``[B, Q]``), or ``None`` when no query times were given.
+        - ``grid``: ``[U]``, strictly increasing (:func:`make_union_grid`); or ``[B, U]``, one
+          strictly increasing row per series (:func:`make_series_grid`).
+        - ``index``: ``[B, T]`` long; ``grid[index[b, t]] == times[b, t]`` (``grid[b, index[b,
+          t]]`` per series).
+        - ``query_index``: ``[Q]`` long (or ``[B, Q]``; always ``[B, Q]`` per series), or
+          ``None`` when no query times were given.
     """
 
     grid: Tensor
@@ -126,6 +135,80 @@ def make_union_grid(
 
 
 _ROUNDINGS = ("ceil", "nearest")
+
+
+def make_series_grid(
+    times: Tensor,
+    *,
+    query_times: Tensor | None = None,
+    dt: float,
+    t0: float | None = None,
+    rounding: str = "ceil",
+) -> UnionGrid:
+    """One solver grid per series: its own times (and the query times), refined to ``dt``.
+
+    The union grid (:func:`make_union_grid`) puts every series of a batch on the times of all
+    of them, so its length grows with the batch: ``B`` event sequences of ``n`` events each
+    need ``~B n`` steps. Here row ``b`` holds only series ``b``'s times, so the batch is solved
+    in ``~n`` steps of batched work. Rows are padded to a common length ``U`` after their last
+    time by steps of ``dt`` (padding points lie beyond the series' data; nothing is scored
+    there).
+
+    Args:
+        times: observation times of each series (padding may repeat a series' last time).
+        query_times: extra times wanted on every row (``[Q]``) or per series (``[B, Q]``).
+        dt: largest step; longer gaps are split into equal sub-steps (``rounding`` as in
+            :func:`make_union_grid`), and the padding step.
+        t0: start of every row (must not exceed any time); default each series' first time.
+        rounding: ``"ceil"`` or ``"nearest"`` (see :func:`make_union_grid`).
+
+    Returns:
+        :class:`UnionGrid` with ``grid [B, U]``, ``index [B, T]`` and ``query_index [B, Q]``.
+
+    Shapes:
+        ``times [B, T]``, ``query_times [Q]`` or ``[B, Q]`` -> see Returns.
+
+    Raises:
+        BayesdynValueError: as :func:`make_union_grid`.
+    """
+    _check_times("times", times)
+    if times.dim() != 2:
+        raise BayesdynValueError(f"times must have shape [B, T]; got shape {tuple(times.shape)}")
+    if not (isinstance(dt, (int, float)) and math.isfinite(dt) and dt > 0):
+        raise BayesdynValueError(f"dt must be a finite positive number; got {dt!r}")
+    if rounding not in _ROUNDINGS:
+        raise BayesdynValueError(f"rounding must be one of {_ROUNDINGS}; got {rounding!r}")
+    B = times.shape[0]
+    if query_times is not None:
+        _check_times("query_times", query_times)
+        if query_times.dim() not in (1, 2) or (
+            query_times.dim() == 2 and query_times.shape[0] != B
+        ):
+            raise BayesdynValueError(
+                f"query_times must have shape [Q] or [B={B}, Q]; got shape "
+                f"{tuple(query_times.shape)}"
+            )
+        query_times = query_times.to(times.dtype).expand(B, query_times.shape[-1])
+    rows = []
+    for b in range(B):
+        pieces = [times[b]] if query_times is None else [times[b], query_times[b]]
+        knots = torch.unique(torch.cat(pieces))
+        if t0 is not None:
+            t0_k = knots.new_tensor([float(t0)])
+            if bool(t0_k > knots[0]):
+                raise BayesdynValueError(
+                    f"t0 must not exceed the earliest time {float(knots[0])} (series {b}); "
+                    f"got t0={t0}"
+                )
+            if bool(t0_k < knots[0]):
+                knots = torch.cat([t0_k, knots])
+        rows.append(_refine(knots, float(dt), rounding))
+    U = max(r.numel() for r in rows)
+    steps = torch.arange(1, U + 1, dtype=times.dtype, device=times.device) * float(dt)
+    grid = torch.stack([torch.cat([r, r[-1] + steps[: U - r.numel()]]) for r in rows])
+    index = torch.searchsorted(grid, times.contiguous())
+    qindex = None if query_times is None else torch.searchsorted(grid, query_times.contiguous())
+    return UnionGrid(grid, index, qindex)
 
 
 def _refine(knots: Tensor, dt: float, rounding: str = "ceil") -> Tensor:

@@ -101,11 +101,29 @@ def interval_index(grid: Tensor, t: Tensor) -> Tensor:
     """Index ``k`` of the grid interval ``(t_k, t_{k+1}]`` holding each time (clamped).
 
     Times at ``grid[0]`` or before map to interval 0, times after ``grid[-1]`` to the last.
+    A per-series grid ``[*gbatch, U]`` (one strictly increasing row per batch member,
+    broadcasting against ``t``'s leading dimensions) is searched row by row.
 
-    Shapes: ``grid [U]``, ``t [...]`` -> ``[...]`` long in ``[0, U-2]``.
+    Shapes: ``grid [U]`` or ``[*gbatch, U]``, ``t [..., N]`` -> ``[..., N]`` (broadcast leading
+    dimensions) long in ``[0, U-2]``.
     """
+    if grid.dim() > 1:
+        shape = torch.broadcast_shapes(grid.shape[:-1], t.shape[:-1])
+        grid = grid.expand(*shape, grid.shape[-1]).contiguous()
+        t = t.expand(*shape, t.shape[-1])
     k = torch.searchsorted(grid, t.contiguous(), right=False) - 1
-    return k.clamp(0, max(grid.numel() - 2, 0))
+    return k.clamp(0, max(grid.shape[-1] - 2, 0))
+
+
+def grid_take(x: Tensor, k: Tensor) -> Tensor:
+    """``x[..., k]`` for a shared (``[U]``) or per-series (``[*gbatch, U]``) grid quantity.
+
+    Shapes: ``x [U]`` or ``[*gbatch, U]``, ``k [..., N]`` -> ``[..., N]`` (broadcast).
+    """
+    if x.dim() == 1:
+        return x[k]
+    shape = torch.broadcast_shapes(x.shape[:-1], k.shape[:-1])
+    return torch.gather(x.expand(*shape, x.shape[-1]), -1, k.expand(*shape, k.shape[-1]))
 
 
 def piecewise_linear_at(
@@ -120,11 +138,12 @@ def piecewise_linear_at(
         interpolation: ``"linear"`` or ``"log_linear"`` between the ends (see the module).
 
     Shapes:
-        ``grid [U]``, ``start``/``end [..., U-1, K]``, ``t [..., N]`` -> ``[..., N, K]``.
+        ``grid [U]`` (or per series ``[*gbatch, U]``), ``start``/``end [..., U-1, K]``,
+        ``t [..., N]`` -> ``[..., N, K]``.
     """
     k = interval_index(grid, t)
-    h = (grid[1:] - grid[:-1]).to(start.dtype)
-    w = ((t - grid[k]) / h[k]).clamp(0.0, 1.0).unsqueeze(-1)
+    h = (grid[..., 1:] - grid[..., :-1]).to(start.dtype)
+    w = ((t - grid_take(grid, k)) / grid_take(h, k)).clamp(0.0, 1.0).unsqueeze(-1)
     idx = k.unsqueeze(-1).expand(*k.shape, start.shape[-1])
     shape = torch.broadcast_shapes(idx.shape[:-2], start.shape[:-2])
     idx = idx.expand(*shape, *idx.shape[-2:])
@@ -154,16 +173,15 @@ def piecewise_linear_integral(
         interpolation: ``"linear"`` or ``"log_linear"`` between the ends (see the module).
 
     Shapes:
-        ``grid [U]``, ``start``/``end [..., U-1, K]``, ``lo``/``hi [...]`` -> ``[..., K]``.
+        ``grid [U]`` (or per series ``[*gbatch, U]``), ``start``/``end [..., U-1, K]``,
+        ``lo``/``hi [...]`` -> ``[..., K]``.
     """
-    a, b = grid[:-1].to(start.dtype), grid[1:].to(start.dtype)
+    a, b = grid[..., :-1].to(start.dtype), grid[..., 1:].to(start.dtype)
     h = b - a
     if lo is None and hi is None:
         return (interval_mean(start, end, interpolation) * h.unsqueeze(-1)).sum(-2)
-    lo_ = a[0] if lo is None else lo
-    hi_ = b[-1] if hi is None else hi
-    lo_ = torch.as_tensor(lo_, dtype=start.dtype).unsqueeze(-1)
-    hi_ = torch.as_tensor(hi_, dtype=start.dtype).unsqueeze(-1)
+    lo_ = a[..., :1] if lo is None else torch.as_tensor(lo, dtype=start.dtype).unsqueeze(-1)
+    hi_ = b[..., -1:] if hi is None else torch.as_tensor(hi, dtype=start.dtype).unsqueeze(-1)
     ca = torch.maximum(a, lo_)
     cb = torch.minimum(b, hi_)
     length = (cb - ca).clamp(min=0.0)
@@ -202,17 +220,18 @@ def trapezoid_error_estimate(
         interpolation: ``"linear"`` or ``"log_linear"`` (see the module).
 
     Shapes:
-        ``grid [U]``, ``start``/``end [..., U-1, K]``, ``continuous [..., U-2]`` -> ``[..., K]``.
+        ``grid [U]`` (or per series ``[*gbatch, U]``), ``start``/``end [..., U-1, K]``,
+        ``continuous [..., U-2]`` -> ``[..., K]``.
     """
-    if grid.numel() < 3:
+    if grid.shape[-1] < 3:
         return torch.zeros_like(start[..., 0, :])
-    h = (grid[1:] - grid[:-1]).to(start.dtype)  # [U-1]
+    h = (grid[..., 1:] - grid[..., :-1]).to(start.dtype)  # [..., U-1]
     if continuous is None:
         continuous = (end[..., :-1, :] == start[..., 1:, :]).all(-1)
     fs, fe = (start, end) if interpolation == "linear" else (start.log(), end.log())
     # Second divided difference at interior point j (between intervals j-1 and j).
     f_prev, f_mid, f_next = fs[..., :-1, :], fs[..., 1:, :], fe[..., 1:, :]
-    h0, h1 = h[:-1].unsqueeze(-1), h[1:].unsqueeze(-1)
+    h0, h1 = h[..., :-1].unsqueeze(-1), h[..., 1:].unsqueeze(-1)
     d2 = 2.0 * ((f_next - f_mid) / h1 - (f_mid - f_prev) / h0) / (h0 + h1)  # [..., U-2, K]
     ok = continuous.unsqueeze(-1).to(start.dtype)
     d2 = d2 * ok
@@ -258,6 +277,7 @@ def thinning_sample(
         end, mark 0 and ``mask=False``; events of each row are sorted.
 
     Shapes:
+        ``grid [U]`` (or per series ``[*gbatch, U]``, broadcasting against ``*batch``),
         ``start``/``end [*batch, U-1, K]``, ``lo``/``hi [*batch]`` -> ``times [*batch, N]``,
         ``marks [*batch, N]`` long, ``mask [*batch, N]`` bool.
     """
@@ -265,9 +285,12 @@ def thinning_sample(
     U1, K = start.shape[-2:]
     dtype = start.dtype
     R = int(math.prod(batch))
-    a_t, b_t = grid[:-1].to(dtype), grid[1:].to(dtype)
-    lo_r = (a_t[0] if lo is None else torch.as_tensor(lo, dtype=dtype)).expand(batch).reshape(R)
-    hi_r = (b_t[-1] if hi is None else torch.as_tensor(hi, dtype=dtype)).expand(batch).reshape(R)
+    # One grid row per member (a view of a shared grid; a per-series grid is broadcast).
+    g = grid.to(dtype)
+    rows = g.expand(R, U1 + 1) if g.dim() == 1 else g.expand(*batch, U1 + 1).reshape(R, U1 + 1)
+    a_t, b_t = rows[:, :-1], rows[:, 1:]
+    lo_r = a_t[:, 0] if lo is None else torch.as_tensor(lo, dtype=dtype).expand(batch).reshape(R)
+    hi_r = b_t[:, -1] if hi is None else torch.as_tensor(hi, dtype=dtype).expand(batch).reshape(R)
     s = start.reshape(R, U1, K)
     e = end.reshape(R, U1, K)
     if bool((s < 0).any()) or bool((e < 0).any()):
@@ -283,7 +306,7 @@ def thinning_sample(
     row, k = cell // U1, cell % U1
     u = torch.rand(total, dtype=dtype, device=grid.device, generator=generator)
     tau = ca.reshape(-1)[cell] + u * length.reshape(-1)[cell]
-    w = ((tau - a_t[k]) / (b_t[k] - a_t[k])).unsqueeze(-1)
+    w = ((tau - a_t[row, k]) / (b_t[row, k] - a_t[row, k])).unsqueeze(-1)
     lam = interpolate(s[row, k], e[row, k], w, interpolation)  # [C, K]
     lam_tot = lam.sum(-1)
     keep = (

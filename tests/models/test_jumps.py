@@ -232,6 +232,10 @@ def test_bad_inputs():
         JumpDiffusionPath(sde, torch.zeros(1), grid, jump_rate=1.0, jump_size=1.0)
     with pytest.raises(BayesdynValueError, match="z0 has 2 latent dims"):
         JumpDiffusionPath(sde, torch.zeros(2), grid, jump_rate=1.0, jump_size=size)
+    with pytest.raises(
+        BayesdynValueError, match=r"one grid \[U\] shared by the batch; got shape \(2, 5\)"
+    ):
+        JumpDiffusionPath(sde, torch.zeros(2, 1), grid.expand(2, 5), jump_rate=1.0, jump_size=size)
     bad_rate = JumpDiffusionPath(
         sde, torch.zeros(1), grid, jump_rate=lambda t, z: -torch.ones_like(z), jump_size=size
     )

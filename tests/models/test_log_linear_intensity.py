@@ -138,10 +138,10 @@ def test_bad_interpolation_and_non_positive_log_linear_intensity():
         LatentJumpSDEConfig(intensity_link="exp", init_intensity=5.0, max_log_intensity=1.0)
 
 
-def _exact_self_correcting_model(dt: float) -> LatentJumpSDE:
+def _exact_self_correcting_model(dt: float, grid: str = "union") -> LatentJumpSDE:
     """A LatentJumpSDE (exp link) set by hand to lambda = exp(mu t - beta N): z_0 starts at 0
     (a tiny prior scale), drifts at mu, jumps by -beta, and lambda = exp(z_0); the diffusion is
-    at its (tiny) floor."""
+    at its (tiny) floor. ``grid``: the solver grid layout (``LatentJumpSDEConfig.grid``)."""
     m = LatentJumpSDE(
         latent_dim=1,
         hidden_dim=4,
@@ -153,6 +153,7 @@ def _exact_self_correcting_model(dt: float) -> LatentJumpSDE:
         diffusion_max=2e-7,
         min_intensity=0.0,
         dt=dt,
+        grid=grid,
         guide="prior",
     ).double()
     with torch.no_grad():

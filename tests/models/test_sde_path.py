@@ -111,7 +111,16 @@ def test_under_plate_trace_condition_do_and_predictive():
             BayesdynValueError,
             r"grid must be strictly increasing; grid\[2\]=0.5 follows grid\[1\]=0.5",
         ),
-        ((None, torch.zeros(1), torch.zeros(2, 2)), BayesdynValueError, r"grid must be a 1-D"),
+        (
+            (None, torch.zeros(1), torch.tensor(0.5)),
+            BayesdynValueError,
+            r"grid must be a tensor \[U\] \(or per series \[\*gbatch, U\]\) with U >= 1",
+        ),
+        (
+            (None, torch.zeros(2, 1), torch.zeros(2, 2)),
+            BayesdynValueError,
+            r"strictly increasing; grid\[0, 1\]=0.0 follows grid\[0, 0\]=0.0",
+        ),
     ],
 )
 def test_errors(args, err, match):
