@@ -9,6 +9,7 @@ what keeps the hot loop lean (see DESIGN.md, performance notes).
 from __future__ import annotations
 
 import math
+import weakref
 from typing import NamedTuple
 
 import pyro.distributions as dist
@@ -351,8 +352,8 @@ class _GRUFn(torch.autograd.Function):
         grad_out = grad_out.reshape(NB, T, H)
         # Per step: the gradient of the input projection (r, z, n pre-activations) and of the
         # recurrent n-projection; the recurrent r, z parts equal the input ones.
-        d_xi = out.new_empty(T, NB, 3 * H)
-        d_hn = out.new_empty(T, NB, H)
+        d_xi = _POOL.take(out, T, NB, 3 * H)
+        d_hn = _POOL.take(out, T, NB, H)
         w_hh_rz, w_hh_n = w_hh[..., : 2 * H, :], w_hh[..., 2 * H :, :]
         carry = out.new_zeros(NB, H)
         zero = out.new_zeros(NB, H)
@@ -397,6 +398,8 @@ class _GRUFn(torch.autograd.Function):
         )
         sum_xi = d_xi2.sum(1)
         grad_b_hh = torch.cat([sum_xi[..., : 2 * H], d_hn2.sum(1)], -1)
+        del d_xi2, d_hn2
+        _POOL.give([d_xi, d_hn])
         return (
             None,
             grad_x,
@@ -755,6 +758,65 @@ def _to_channels(x: Tensor, E: int) -> Tensor:
     return x.view(E, N // E, L).transpose(1, 2).reshape(E * L, N // E, 1)
 
 
+class _BufferPool:
+    """Large CPU work buffers of the fused kernels, kept for the next call of the same shape.
+
+    A training step allocates the same few large buffers every time (the activations of every
+    solver step, the GRU's gradients; ~0.2 GB in the small benchmark configuration). Freed
+    and allocated again each step, they often come back as fresh pages from the OS (the C
+    allocator hands large blocks back), and the first touch of each page is a page fault:
+    ~15% of a small CPU training step. Kept here instead, a buffer is reused as it is.
+
+    Buffers of a forward pass return when its autograd node is freed (:meth:`lease`), those
+    of a backward pass when it ends. At most ``max_bytes`` are kept; CUDA tensors are never
+    kept (the CUDA caching allocator already does this).
+    """
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.kept = 0
+        self.free: dict[tuple, list[Tensor]] = {}
+
+    def take(self, like: Tensor, *shape: int) -> Tensor:
+        """An uninitialised ``[*shape]`` tensor of ``like``'s dtype and device."""
+        if like.device.type == "cpu":
+            try:
+                buf = self.free[(shape, like.dtype)].pop()
+            except (KeyError, IndexError):  # none kept (or taken meanwhile by another thread)
+                pass
+            else:
+                self.kept -= buf.nbytes
+                return buf
+        return like.new_empty(shape)
+
+    def give(self, bufs: list[Tensor]) -> None:
+        """Return buffers (no other references may remain to them)."""
+        for buf in bufs:
+            if buf.device.type != "cpu" or self.kept + buf.nbytes > self.max_bytes:
+                continue
+            self.free.setdefault((tuple(buf.shape), buf.dtype), []).append(buf)
+            self.kept += buf.nbytes
+
+    def lease(self, owner, bufs: list[Tensor]) -> None:
+        """Return ``bufs`` once ``owner`` (an autograd context) is freed."""
+        token = _Lease()
+        owner.lease = token
+        weakref.finalize(token, self.give, bufs).atexit = False
+
+    def clear(self) -> None:
+        """Drop every kept buffer."""
+        self.free.clear()
+        self.kept = 0
+
+
+class _Lease:
+    """A token whose end returns leased buffers to the pool (see :meth:`_BufferPool.lease`)."""
+
+    __slots__ = ("__weakref__",)
+
+
+_POOL = _BufferPool(max_bytes=1 << 30)
+
 #: Rows (steps x series) per block of deferred weight gradients in :class:`_MLPSteps`.
 _GRAD_BLOCK_ROWS = 8192
 
@@ -767,7 +829,10 @@ class _MLPSteps:
     ``E`` (ensemble members) every parameter has a leading member dimension and the rows are
     ``E`` member blocks.
 
-    The activations of all steps live in ``[U - 1, N, H]`` buffers. Backwards, the per-step
+    The activations of all steps live in ``[U - 1, N, H]`` buffers; the pre-activations are
+    not kept: with ``h = softplus(a)``, ``sigmoid(a) = 1 - exp(-h) = -expm1(-h)`` (this frees
+    the memory that keeps the diffusion's hidden layer instead, see :class:`_FusedEulerFn`).
+    Backwards, the per-step
     work is only the chain through the layers (the sequential part); the parameter gradients
     of a block of steps are formed from the buffered activations and pre-activation gradients
     in one large matmul per weight (see :meth:`_flush`), instead of several small ones per step.
@@ -791,9 +856,8 @@ class _MLPSteps:
         else:
             self.pre_2d = pre.expand(N, H) if E is None else pre.unsqueeze(-2)
         self.zb, self.N, self.U, self.H = zb, N, U, H
-        # Pre-activations and activations of each hidden layer, all steps: [U - 1, N, H].
-        self.a_buf = [self.w_z.new_empty(U - 1, N, H) for _ in range(n_lin)]
-        self.h_buf = [self.w_z.new_empty(U - 1, N, H) for _ in range(n_lin)]
+        # Activations of each hidden layer, all steps: [U - 1, N, H].
+        self.h_buf = [_POOL.take(self.w_z, U - 1, N, H) for _ in range(n_lin)]
         self.block = max(1, min(U - 1, _GRAD_BLOCK_ROWS // max(N, 1)))
         self.rows = None
         if rows is not None:  # factored features (RowFeatures): one gathered row per step
@@ -845,11 +909,12 @@ class _MLPSteps:
             if E is not None:
                 rk = rk.view(E, self.N // E, self.H)
             pk = rk if self.fold else rk + pk
-        a = _linear_rows(pk, z, self.w_z_t, E, out=self.a_buf[0][k])
-        h = F.softplus(a, out=self.h_buf[0][k])
+        # Each layer's pre-activation is overwritten by its softplus in place.
+        a = _linear_rows(pk, z, self.w_z_t, E, out=self.h_buf[0][k])
+        h = F.softplus(a, out=a)
         for i, (w_t, b) in enumerate(self.lin_t[:-1], 1):
-            a = _linear_rows(b, h, w_t, E, out=self.a_buf[i][k])
-            h = F.softplus(a, out=self.h_buf[i][k])
+            a = _linear_rows(b, h, w_t, E, out=self.h_buf[i][k])
+            h = F.softplus(a, out=a)
         w_out_t, b_out = self.lin_t[-1]
         return _linear_rows(b_out, h, w_out_t, E)
 
@@ -889,7 +954,9 @@ class _MLPSteps:
         self.gf_buf[k % self.block].copy_(gf)
         gh = _matmul_rows(gf, self.lin[-1][0], E)
         for i in reversed(range(len(self.lin))):
-            ga = torch.sigmoid(self.a_buf[i][k], out=self._ga_slot(i, k)).mul_(gh)
+            # sigmoid(a) = -expm1(-h): ga = -(expm1(-h) gh).
+            ga = torch.neg(self.h_buf[i][k], out=self._ga_slot(i, k))
+            ga = torch.expm1(ga, out=ga).mul_(gh).neg_()
             if i > 0:
                 gh = _matmul_rows(ga, self.lin[i - 1][0], E)
         if k % self.block == 0:
@@ -986,6 +1053,9 @@ class _FusedEulerFn(torch.autograd.Function):
         # into the noise once, and g itself is formed for all steps after the loop.
         noise_lo = (noise * lo).unbind(1) if lo != 0 else None
         noise_span = (noise * span).view(Ee, M, num_steps, L).unbind(2)  # S x [E, M, L]
+        # The diffusion's hidden layer of every step, kept for the w2 gradient (the drift
+        # MLPs keep no pre-activations, which pays for it; see _MLPSteps).
+        hd_all = _POOL.take(z0, num_steps, Ee * L, M, Hd)
         states, drifts, sigs, prior_drifts = [z], [], [], []
         for k in range(num_steps):
             f = mlp_q.forward(k, z)
@@ -996,7 +1066,8 @@ class _FusedEulerFn(torch.autograd.Function):
                 prior_drifts.append(fp)
                 if act_steps is not None:
                     f = torch.where(act_steps[k], f, fp)
-            hd = F.softplus(torch.addcmul(b1t, _to_channels(z, Ee), w1t))  # not kept
+            hd = torch.addcmul(b1t, _to_channels(z, Ee), w1t, out=hd_all[k])
+            hd = F.softplus(hd, out=hd)
             # w2 hd^T [E L, 1, M]: the BLAS is much faster this way round than hd w2.
             sig = torch.baddbmm(ob, w2r, hd.transpose(1, 2)).sigmoid_()  # [E L, 1, M]
             z_next = torch.add(z, f, alpha=dt_list[k])
@@ -1025,8 +1096,9 @@ class _FusedEulerFn(torch.autograd.Function):
         ctx.meta = meta
         ctx.shapes = (zb, N, U, L)
         ctx.bridge_shapes = None if target is None else (target.shape, rate.shape)
-        ctx.cache = (states, sig, noise, mlp_q, mlp_p, act_steps, tgt_steps, rate_steps)
+        ctx.cache = (states, sig, hd_all, noise, mlp_q, mlp_p, act_steps, tgt_steps, rate_steps)
         ctx.save_for_backward(w1, b1, w2, out_bias)
+        _POOL.lease(ctx, [hd_all, *mlp_q.h_buf, *(mlp_p.h_buf if mlp_p is not None else [])])
         return path, drift, diff, f_p
 
     @staticmethod
@@ -1034,7 +1106,7 @@ class _FusedEulerFn(torch.autograd.Function):
         dt_list, lo, hi, _, _, E = ctx.meta
         zb, N, U, L = ctx.shapes
         w1, b1, w2, out_bias = ctx.saved_tensors
-        states, sig, noise, mlp_q, mlp_p, act_steps, tgt_steps, rate_steps = ctx.cache
+        states, sig, hd_all, noise, mlp_q, mlp_p, act_steps, tgt_steps, rate_steps = ctx.cache
         num_steps = U - 1
         span = hi - lo
         gp = grad_path.reshape(N, U, L).unbind(1)
@@ -1100,10 +1172,10 @@ class _FusedEulerFn(torch.autograd.Function):
                 gz.addcmul_(gf, rate_steps[k], value=-1.0)
             if mlp_p is not None:
                 gz.add_(mlp_p.backward(k, gfp if gfp is not None else torch.zeros_like(gf)))
-            # The pre-activation a = z * w1 + b1 [E L, M, Hd] is recomputed, not kept: it would
-            # be the largest per-step memory of the pass (more than the reference's per step).
+            # The pre-activation a = z * w1 + b1 [E L, M, Hd] is recomputed for its sigmoid
+            # (cheaper than 1 - exp(-softplus(a)) from the kept hidden layer).
+            g_w2.baddbmm_(graw.view(Ee * L, 1, M), hd_all[k])
             a = torch.addcmul(b1t, z_cols[k], w1t)
-            g_w2.baddbmm_(graw.view(Ee * L, 1, M), F.softplus(a))
             q = a.sigmoid_().mul_(graw.view(Ee * L, M, 1))  # d loss / d a, over w2
             g_bw1.baddbmm_(one_z[k], q)
             g_ob.add_(graw)

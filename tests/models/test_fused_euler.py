@@ -228,3 +228,50 @@ def test_gru_encoder_without_padding_equals_per_series_reversal():
     g_ref = torch.autograd.grad((w * ctx_ref).sum(), params)
     for a, b in zip(g, g_ref, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_fused_kernel_buffers_are_reused_only_after_their_graph_is_freed():
+    """The kernel's large buffers go back to a pool when its autograd node is freed: a second
+    pass while the first graph lives gets other buffers (same gradients as alone), and a pass
+    after the graph is freed reuses them."""
+    import gc
+
+    from bayesdyn.models.nets import _POOL
+
+    model, post, prior, grid, z0, noise = _setup(bridge=False, time_input=False)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def loss(noise):
+        path, f, g, f_p = post.sample_path(z0, grid, noise)
+        return path.square().sum() + (f * f_p).sum() + g.sum()
+
+    def grads(x):
+        return torch.autograd.grad(x, params, allow_unused=True, retain_graph=True)
+
+    alone = [grads(loss(n)) for n in (noise, -noise)]
+    gc.collect()
+    first, second = loss(noise), loss(-noise)  # both graphs alive at once
+    both = [grads(x) for x in (first, second)]
+    for ga, gb in zip(alone, both, strict=True):
+        for a, b in zip(ga, gb, strict=True):
+            if a is not None:
+                torch.testing.assert_close(a, b, rtol=0, atol=0)
+    kept = {t.data_ptr() for bufs in _POOL.free.values() for t in bufs}
+    del first, second
+    gc.collect()
+    freed = {t.data_ptr() for bufs in _POOL.free.values() for t in bufs} - kept
+    assert freed  # the two graphs' buffers are back
+    again = loss(noise)  # noqa: F841 (its graph holds the buffers it took)
+    assert freed - {t.data_ptr() for bufs in _POOL.free.values() for t in bufs}  # reused
+
+
+def test_buffer_pool_caps_what_it_keeps():
+    from bayesdyn.models.nets import _BufferPool
+
+    pool = _BufferPool(max_bytes=100 * 8)
+    a, b = torch.empty(60, dtype=torch.float64), torch.empty(60, dtype=torch.float64)
+    pool.give([a, b])  # only the first fits
+    assert pool.kept == 60 * 8
+    assert pool.take(a, 60).data_ptr() == a.data_ptr()
+    assert pool.take(a, 60).data_ptr() != b.data_ptr()  # nothing kept: a fresh tensor
+    assert pool.kept == 0
