@@ -276,7 +276,7 @@ class GRUEncoder(nn.Module):
         if not under_functorch(lengths) and bool((lengths == T).all()):
             # No padding: the reversal is a flip (its backward is a flip too, where the gather
             # below would scatter-add into a zeroed tensor).
-            return self.out(gru_sequence(self.gru, x.flip(1)).flip(1))
+            return self.out(gru_sequence(self.gru, x.flip(1))).flip(1)  # (flip the narrower)
         j = torch.arange(T, device=times.device).expand(B, T)
         # Reverse each series within its length; padding rows stay at the end. The map is its
         # own inverse, so the same gather brings the outputs back to forward order.
@@ -926,6 +926,7 @@ class _MLPSteps:
         # Accumulated transposed ([(E,) L, H]): z^T ga is a fast matmul, ga^T z a slow one.
         self.g_wz_t = torch.zeros_like(self.w_z_t, memory_format=torch.contiguous_format)
         self.g_lin = [(torch.zeros_like(w), torch.zeros_like(b)) for w, b in self.lin]
+        self.lin_neg = [-w for w, _ in self.lin]
         B, N, H = self.block, self.N, self.H
         # Per block: the drift gradients and the pre-activation gradients of each layer.
         self.gf_buf = like.new_empty(B, N, self.lin[-1][0].shape[-2])
@@ -952,13 +953,13 @@ class _MLPSteps:
         of a block of steps are accumulated when its first step is reached."""
         E = self.E
         self.gf_buf[k % self.block].copy_(gf)
-        gh = _matmul_rows(gf, self.lin[-1][0], E)
+        # gh = -(d loss / d h) (negated weights), so ga = sigmoid(a) (-gh) = expm1(-h) gh.
+        gh = _matmul_rows(gf, self.lin_neg[-1], E)
         for i in reversed(range(len(self.lin))):
-            # sigmoid(a) = -expm1(-h): ga = -(expm1(-h) gh).
             ga = torch.neg(self.h_buf[i][k], out=self._ga_slot(i, k))
-            ga = torch.expm1(ga, out=ga).mul_(gh).neg_()
+            ga = torch.expm1(ga, out=ga).mul_(gh)
             if i > 0:
-                gh = _matmul_rows(ga, self.lin[i - 1][0], E)
+                gh = _matmul_rows(ga, self.lin_neg[i - 1], E)
         if k % self.block == 0:
             self._flush(k, min(k + self.block, self.U - 1))
         return _matmul_rows_narrow(ga, self.w_z, E)
@@ -1055,7 +1056,7 @@ class _FusedEulerFn(torch.autograd.Function):
         noise_span = (noise * span).view(Ee, M, num_steps, L).unbind(2)  # S x [E, M, L]
         # The diffusion's hidden layer of every step, kept for the w2 gradient (the drift
         # MLPs keep no pre-activations, which pays for it; see _MLPSteps).
-        hd_all = _POOL.take(z0, num_steps, Ee * L, M, Hd)
+        hd_all = _POOL.take(z0, Ee * L, num_steps, M, Hd)  # channel-major: see backward
         states, drifts, sigs, prior_drifts = [z], [], [], []
         for k in range(num_steps):
             f = mlp_q.forward(k, z)
@@ -1066,7 +1067,7 @@ class _FusedEulerFn(torch.autograd.Function):
                 prior_drifts.append(fp)
                 if act_steps is not None:
                     f = torch.where(act_steps[k], f, fp)
-            hd = torch.addcmul(b1t, _to_channels(z, Ee), w1t, out=hd_all[k])
+            hd = torch.addcmul(b1t, _to_channels(z, Ee), w1t, out=hd_all[:, k])
             hd = F.softplus(hd, out=hd)
             # w2 hd^T [E L, 1, M]: the BLAS is much faster this way round than hd w2.
             sig = torch.baddbmm(ob, w2r, hd.transpose(1, 2)).sigmoid_()  # [E L, 1, M]
@@ -1147,17 +1148,17 @@ class _FusedEulerFn(torch.autograd.Function):
         z_cols = one_z[:, :, 1].unsqueeze(-1).unbind(0)  # S x [E L, M, 1]
         one_z = one_z.unbind(0)
         g_bw1 = w1.new_zeros(Ee * L, 2, Hd)  # sums of q and of z q (times w2: b1, w1 grads)
-        g_w2 = w1.new_zeros(Ee * L, 1, Hd)
-        g_ob = w1.new_zeros(Ee, L, M)
+        graw_all = w1.new_empty(Ee * L, num_steps, M)  # for the w2, out_bias grads after the loop
+        graw_steps = graw_all.view(Ee, L, num_steps, M).unbind(2)
         adj = gp[num_steps].clone()
         adj_ch = adj.view(Ee, M, L).transpose(1, 2)  # [E, L, M] view, follows adj in place
         for k in reversed(range(num_steps)):
             z = states[k]
             gf = torch.add(gd[k], adj, alpha=dt_list[k])
             if A is None:
-                graw = torch.mul(B[k], adj_ch)  # [E, L, M]
+                graw = torch.mul(B[k], adj_ch, out=graw_steps[k])  # [E, L, M]
             else:
-                graw = torch.addcmul(A[k], adj_ch, B[k])
+                graw = torch.addcmul(A[k], adj_ch, B[k], out=graw_steps[k])
             # Drift: split the gradient between the posterior and the prior drift.
             gfp = None if gfp_all is None else gfp_all[k]
             if act_steps is not None:
@@ -1174,11 +1175,9 @@ class _FusedEulerFn(torch.autograd.Function):
                 gz.add_(mlp_p.backward(k, gfp if gfp is not None else torch.zeros_like(gf)))
             # The pre-activation a = z * w1 + b1 [E L, M, Hd] is recomputed for its sigmoid
             # (cheaper than 1 - exp(-softplus(a)) from the kept hidden layer).
-            g_w2.baddbmm_(graw.view(Ee * L, 1, M), hd_all[k])
             a = torch.addcmul(b1t, z_cols[k], w1t)
-            q = a.sigmoid_().mul_(graw.view(Ee * L, M, 1))  # d loss / d a, over w2
+            q = a.sigmoid_().mul_(graw.reshape(Ee * L, M, 1))  # d loss / d a, over w2
             g_bw1.baddbmm_(one_z[k], q)
-            g_ob.add_(graw)
             adj.add_(gz)
             adj_ch.add_(torch.bmm(w12, q.transpose(1, 2)).view(Ee, L, M))
             adj.add_(gp[k])
@@ -1193,6 +1192,10 @@ class _FusedEulerFn(torch.autograd.Function):
             grad_tgt = g_tgt.view(zb + (U, L)).sum_to_size(t_shape)
             grad_rate = g_rate.view(zb + (U, L)).sum_to_size(r_shape)
         g_b1, g_w1 = g_bw1.mul_(w2r.unsqueeze(1)).unbind(1)
+        # Over all steps at once: sum_k graw_k hd_k (one matmul per channel) and sum_k graw_k.
+        SM = num_steps * M
+        g_w2 = torch.bmm(graw_all.view(Ee * L, 1, SM), hd_all.view(Ee * L, SM, Hd))
+        g_ob = graw_all.sum((1, 2))
         return (
             None,
             adj.view(zb + (L,)),
@@ -1211,7 +1214,7 @@ class _FusedEulerFn(torch.autograd.Function):
             g_w1.view(w1.shape),
             g_b1.view(b1.shape),
             g_w2.view(w2.shape),
-            g_ob.sum(-1).view(out_bias.shape),
+            g_ob.view(out_bias.shape),
         )
 
 
