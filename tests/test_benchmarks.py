@@ -298,6 +298,11 @@ def test_point_process_config_overrides_apply_per_data_set(tmp_path):
             r"overrides.poisson: 'average_last' must be a fraction",
         ),
         ({"poisson": {"model": {"init_intensity": 2.0}}}, r"init_intensity is set from the data"),
+        (
+            {"poisson": {"refine_rounds": -1}},
+            r"overrides.poisson: 'refine_rounds' must be >= 0 \(0: no L-BFGS refinement\); got -1",
+        ),
+        ({"poisson": {"refine_iters": 0}}, r"overrides.poisson"),
     ],
 )
 def test_point_process_config_override_errors(tmp_path, overrides, match):

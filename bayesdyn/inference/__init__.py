@@ -25,6 +25,7 @@ from .particle import (
     systematic_resample,
 )
 from .predictive import Trajectories, posterior_predictive
+from .refine import RefineResult, refine_lbfgs
 from .streaming import FilterState
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "LinearGaussianSDE",
     "ParticleFilter",
     "PathELBO",
+    "RefineResult",
     "SDEStateSpace",
     "Trajectories",
     "average_after_for",
@@ -53,6 +55,7 @@ __all__ = [
     "load_checkpoint",
     "load_model",
     "posterior_predictive",
+    "refine_lbfgs",
     "save_checkpoint",
     "save_model",
     "systematic_resample",
