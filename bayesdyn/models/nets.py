@@ -858,6 +858,8 @@ class _MLPSteps:
         self.zb, self.N, self.U, self.H = zb, N, U, H
         # Activations of each hidden layer, all steps: [U - 1, N, H].
         self.h_buf = [_POOL.take(self.w_z, U - 1, N, H) for _ in range(n_lin)]
+        # Per-step views made once (indexing a buffer per step is an op of its own).
+        self.h_steps = [b.unbind(0) for b in self.h_buf]
         self.block = max(1, min(U - 1, _GRAD_BLOCK_ROWS // max(N, 1)))
         self.rows = None
         if rows is not None:  # factored features (RowFeatures): one gathered row per step
@@ -910,10 +912,11 @@ class _MLPSteps:
                 rk = rk.view(E, self.N // E, self.H)
             pk = rk if self.fold else rk + pk
         # Each layer's pre-activation is overwritten by its softplus in place.
-        a = _linear_rows(pk, z, self.w_z_t, E, out=self.h_buf[0][k])
+        h_steps = self.h_steps
+        a = _linear_rows(pk, z, self.w_z_t, E, out=h_steps[0][k])
         h = F.softplus(a, out=a)
         for i, (w_t, b) in enumerate(self.lin_t[:-1], 1):
-            a = _linear_rows(b, h, w_t, E, out=self.h_buf[i][k])
+            a = _linear_rows(b, h, w_t, E, out=h_steps[i][k])
             h = F.softplus(a, out=a)
         w_out_t, b_out = self.lin_t[-1]
         return _linear_rows(b_out, h, w_out_t, E)
@@ -937,31 +940,35 @@ class _MLPSteps:
         else:
             self.g_pre = like.new_zeros(self.pre_2d.shape[:-2] + (H,))
             self.ga_buf = [like.new_empty(B, N, H) for _ in self.lin]
+        # Per-step slots of each layer's pre-activation gradient (block buffers, or g_pre).
+        U1 = self.U - 1
+        self.ga_slots = [
+            self.g_pre.unbind(0)[:U1] if b is None else b.unbind(0) * -(-U1 // B)
+            for b in self.ga_buf
+        ]
+        self.gf_slots = self.gf_buf.unbind(0) * -(-U1 // B)
         if self.rows is not None:
             self.g_rows = torch.zeros_like(self.rows)
             if self.w_tau is not None:
                 self.g_w_tau = self.w_tau.new_zeros(self.w_tau.shape[:-1] + (1, self.H))
-
-    def _ga_slot(self, i: int, k: int) -> Tensor:
-        if i == 0 and self.per_step:
-            return self.g_pre[k]
-        return self.ga_buf[i][k % self.block]
 
     def backward(self, k: int, gf: Tensor) -> Tensor:
         """Chain the drift gradient ``gf [N, L]`` of step ``k`` through the layers; return the
         gradient wrt the state. Steps must come in decreasing order; the parameter gradients
         of a block of steps are accumulated when its first step is reached."""
         E = self.E
-        self.gf_buf[k % self.block].copy_(gf)
+        self.gf_slots[k].copy_(gf)
         # gh = -(d loss / d h) (negated weights), so ga = sigmoid(a) (-gh) = expm1(-h) gh.
         gh = _matmul_rows(gf, self.lin_neg[-1], E)
         for i in reversed(range(len(self.lin))):
-            ga = torch.neg(self.h_buf[i][k], out=self._ga_slot(i, k))
+            ga = torch.neg(self.h_steps[i][k], out=self.ga_slots[i][k])
             ga = torch.expm1(ga, out=ga).mul_(gh)
             if i > 0:
                 gh = _matmul_rows(ga, self.lin_neg[i - 1], E)
         if k % self.block == 0:
             self._flush(k, min(k + self.block, self.U - 1))
+        if E is None:  # (_matmul_rows_narrow with the transposed weight made once)
+            return torch.mm(self.w_z_t, ga.t()).t()
         return _matmul_rows_narrow(ga, self.w_z, E)
 
     def _flush(self, k0: int, k1: int) -> None:
@@ -1057,6 +1064,7 @@ class _FusedEulerFn(torch.autograd.Function):
         # The diffusion's hidden layer of every step, kept for the w2 gradient (the drift
         # MLPs keep no pre-activations, which pays for it; see _MLPSteps).
         hd_all = _POOL.take(z0, Ee * L, num_steps, M, Hd)  # channel-major: see backward
+        hd_steps = hd_all.unbind(1)
         states, drifts, sigs, prior_drifts = [z], [], [], []
         for k in range(num_steps):
             f = mlp_q.forward(k, z)
@@ -1067,7 +1075,7 @@ class _FusedEulerFn(torch.autograd.Function):
                 prior_drifts.append(fp)
                 if act_steps is not None:
                     f = torch.where(act_steps[k], f, fp)
-            hd = torch.addcmul(b1t, _to_channels(z, Ee), w1t, out=hd_all[:, k])
+            hd = torch.addcmul(b1t, _to_channels(z, Ee), w1t, out=hd_steps[k])
             hd = F.softplus(hd, out=hd)
             # w2 hd^T [E L, 1, M]: the BLAS is much faster this way round than hd w2.
             sig = torch.baddbmm(ob, w2r, hd.transpose(1, 2)).sigmoid_()  # [E L, 1, M]
@@ -1150,15 +1158,16 @@ class _FusedEulerFn(torch.autograd.Function):
         g_bw1 = w1.new_zeros(Ee * L, 2, Hd)  # sums of q and of z q (times w2: b1, w1 grads)
         graw_all = w1.new_empty(Ee * L, num_steps, M)  # for the w2, out_bias grads after the loop
         graw_steps = graw_all.view(Ee, L, num_steps, M).unbind(2)
+        graw_cols = graw_all.unsqueeze(-1).unbind(1)  # S x [E L, M, 1]
         adj = gp[num_steps].clone()
         adj_ch = adj.view(Ee, M, L).transpose(1, 2)  # [E, L, M] view, follows adj in place
         for k in reversed(range(num_steps)):
             z = states[k]
             gf = torch.add(gd[k], adj, alpha=dt_list[k])
             if A is None:
-                graw = torch.mul(B[k], adj_ch, out=graw_steps[k])  # [E, L, M]
+                torch.mul(B[k], adj_ch, out=graw_steps[k])  # the raw gradient [E, L, M]
             else:
-                graw = torch.addcmul(A[k], adj_ch, B[k], out=graw_steps[k])
+                torch.addcmul(A[k], adj_ch, B[k], out=graw_steps[k])
             # Drift: split the gradient between the posterior and the prior drift.
             gfp = None if gfp_all is None else gfp_all[k]
             if act_steps is not None:
@@ -1176,7 +1185,7 @@ class _FusedEulerFn(torch.autograd.Function):
             # The pre-activation a = z * w1 + b1 [E L, M, Hd] is recomputed for its sigmoid
             # (cheaper than 1 - exp(-softplus(a)) from the kept hidden layer).
             a = torch.addcmul(b1t, z_cols[k], w1t)
-            q = a.sigmoid_().mul_(graw.reshape(Ee * L, M, 1))  # d loss / d a, over w2
+            q = a.sigmoid_().mul_(graw_cols[k])  # d loss / d a, over w2
             g_bw1.baddbmm_(one_z[k], q)
             adj.add_(gz)
             adj_ch.add_(torch.bmm(w12, q.transpose(1, 2)).view(Ee, L, M))
