@@ -324,23 +324,24 @@ class _GRUFn(torch.autograd.Function):
         bias = (lambda b: b) if E is None else (lambda b: b.unsqueeze(-2))
         xi = _linear_rows(bias(b_ih), x.reshape(NB * T, n_in), w_ih.transpose(-1, -2), E)
         xi = xi.view(NB, T, 3 * H)
+        xi_rz, xi_n = xi[..., : 2 * H].unbind(1), xi[..., 2 * H :].unbind(1)
+        # Kept for the backward pass, all steps: gate = [r, z, W_hn h + b_hn] (the sigmoids
+        # overwrite their pre-activations in the recurrent projection) and n.
+        gates = _POOL.take(x, T, NB, 3 * H)
+        ns = _POOL.take(x, T, NB, H)
+        out = x.new_empty(NB, T, H)  # each step's h is written here directly
+        out_steps, gate_s, n_s = out.unbind(1), gates.unbind(0), ns.unbind(0)
         h = x.new_zeros(NB, H)
-        outs, gates, ns = [], [], []
         w_hh_t, b_hh_b = w_hh.transpose(-1, -2), bias(b_hh)
         for t in range(T):
-            # gate = [r, z, W_hn h + b_hn]: the sigmoids overwrite their pre-activations in
-            # the recurrent projection, which is kept whole for the backward pass.
-            gate = _linear_rows(b_hh_b, h, w_hh_t, E)
-            rz = gate[:, : 2 * H].add_(xi[:, t, : 2 * H]).sigmoid_()
-            n = torch.tanh(torch.addcmul(xi[:, t, 2 * H :], rz[:, :H], gate[:, 2 * H :]))
-            h = torch.addcmul(n, rz[:, H:], h - n)
-            outs.append(h)
-            gates.append(gate)
-            ns.append(n)
-        out = torch.stack(outs, 1)  # [NB, T, H]
+            gate = _linear_rows(b_hh_b, h, w_hh_t, E, out=gate_s[t])
+            rz = gate[:, : 2 * H].add_(xi_rz[t]).sigmoid_()
+            n = torch.addcmul(xi_n[t], rz[:, :H], gate[:, 2 * H :], out=n_s[t]).tanh_()
+            h = torch.addcmul(n, rz[:, H:], h - n, out=out_steps[t])
         ctx.E = E
         ctx.save_for_backward(x, w_ih, w_hh, out)
         ctx.gates = (gates, ns)
+        _POOL.lease(ctx, [gates, ns])
         return out.view(tuple(lead) + (T, H))
 
     @staticmethod
@@ -350,62 +351,63 @@ class _GRUFn(torch.autograd.Function):
         gates, ns = ctx.gates
         NB, T, H = out.shape
         grad_out = grad_out.reshape(NB, T, H)
-        # Per step: the gradient of the input projection (r, z, n pre-activations) and of the
-        # recurrent n-projection; the recurrent r, z parts equal the input ones.
-        d_xi = _POOL.take(out, T, NB, 3 * H)
-        d_hn = _POOL.take(out, T, NB, H)
-        w_hh_rz, w_hh_n = w_hh[..., : 2 * H, :], w_hh[..., 2 * H :, :]
-        carry = out.new_zeros(NB, H)
+        # Per step, the gradient of the recurrent projection [r, z, W_hn h + b_hn] (its r, z
+        # parts are those of the input projection too) and of the input n pre-activation.
+        d_g = _POOL.take(out, T, NB, 3 * H)
+        d_n = _POOL.take(out, T, NB, H)
+        # Per-step views, made once.
+        r_s, z_s = gates[..., :H].unbind(0), gates[..., H : 2 * H].unbind(0)
+        rz_s, hn_s = gates[..., : 2 * H].unbind(0), gates[..., 2 * H :].unbind(0)
+        dr_s, dz_s = d_g[..., :H].unbind(0), d_g[..., H : 2 * H].unbind(0)
+        drz_s, dhn_s = d_g[..., : 2 * H].unbind(0), d_g[..., 2 * H :].unbind(0)
+        n_s, dn_s, dg_s = ns.unbind(0), d_n.unbind(0), d_g.unbind(0)
         zero = out.new_zeros(NB, H)
-        grad_steps = grad_out.unbind(1)
-        for t in reversed(range(T)):
-            rz, hn, n = gates[t][:, : 2 * H], gates[t][:, 2 * H :], ns[t]
-            z = rz[:, H:]
-            h_prev = out[:, t - 1] if t > 0 else zero
-            gh = grad_steps[t] + carry
-            d_r, d_z, dn_pre = d_xi[t, :, :H], d_xi[t, :, H : 2 * H], d_xi[t, :, 2 * H :]
-            torch.mul(torch.addcmul(gh, gh, z, value=-1.0), 1.0 - n * n, out=dn_pre)
-            torch.mul(dn_pre, hn, out=d_r)
-            torch.mul(gh, h_prev - n, out=d_z)
-            d_rz = d_xi[t, :, : 2 * H]
-            d_rz.mul_(rz - rz * rz)
-            torch.mul(dn_pre, rz[:, :H], out=d_hn[t])
-            carry = (gh * z).add_(_matmul_rows(d_rz, w_hh_rz, E))
-            carry.add_(_matmul_rows(d_hn[t], w_hh_n, E))
-        # Weight gradients: one matmul per member over all (t, b) rows.
+        h_prev_s = (zero,) + out.unbind(1)[:-1]
+        w_hh_e = w_hh if E is None else w_hh.view((E,) + w_hh.shape[-2:])
         Ee = E or 1
         B = NB // Ee
+        carry = zero
+        grad_steps = grad_out.unbind(1)
+        for t in reversed(range(T)):
+            gh = grad_steps[t] + carry
+            tmp = torch.addcmul(gh, gh, z_s[t], value=-1.0)  # gh (1 - z)
+            n = n_s[t]
+            dn_pre = torch.addcmul(tmp, tmp, n * n, value=-1.0, out=dn_s[t])  # ... (1 - n^2)
+            torch.mul(dn_pre, hn_s[t], out=dr_s[t])
+            torch.mul(gh, h_prev_s[t] - n, out=dz_s[t])
+            rz = rz_s[t]
+            drz_s[t].mul_(torch.addcmul(rz, rz, rz, value=-1.0))  # sigmoid' = s (1 - s)
+            torch.mul(dn_pre, r_s[t], out=dhn_s[t])
+            # carry = gh z + d_g W_hh: the three recurrent parts in one matmul.
+            gz = gh * z_s[t]
+            carry = _linear_rows(gz if E is None else gz.view(Ee, B, H), dg_s[t], w_hh_e, E)
+        # Weight gradients: one matmul per member over all (t, b) rows.
         h_prev_all = torch.cat([zero.unsqueeze(0), out.transpose(0, 1)[:-1]], 0)  # [T, NB, H]
 
         def by_member(a):  # [T, NB, W] -> [Ee, T B, W], rows in (t, b) order
             return a.reshape(T, Ee, B, a.shape[-1]).transpose(0, 1).reshape(Ee, T * B, -1)
 
-        d_xi2, d_hn2, h2 = by_member(d_xi), by_member(d_hn), by_member(h_prev_all)
+        d_g2, d_n2, h2 = by_member(d_g), by_member(d_n), by_member(h_prev_all)
         x2 = by_member(x.reshape(NB, T, -1).transpose(0, 1))
         w_ih_e = w_ih.view((Ee,) + w_ih.shape[-2:])
+        d_rz2 = d_g2[..., : 2 * H]
         grad_x = None
         if ctx.needs_input_grad[1]:
-            gx = torch.bmm(d_xi2, w_ih_e).view(Ee, T, B, -1).transpose(1, 2)
-            grad_x = gx.reshape(x.shape)
-        grad_w_ih = torch.bmm(x2.transpose(1, 2), d_xi2).transpose(1, 2)  # fast orientation
-        h_t = h2.transpose(1, 2)
-        grad_w_hh = torch.cat(
-            [
-                torch.bmm(h_t, d_xi2[..., : 2 * H]).transpose(1, 2),
-                torch.bmm(h_t, d_hn2).transpose(1, 2),
-            ],
-            1,
-        )
-        sum_xi = d_xi2.sum(1)
-        grad_b_hh = torch.cat([sum_xi[..., : 2 * H], d_hn2.sum(1)], -1)
-        del d_xi2, d_hn2
-        _POOL.give([d_xi, d_hn])
+            gx = torch.bmm(d_rz2, w_ih_e[:, : 2 * H]).baddbmm_(d_n2, w_ih_e[:, 2 * H :])
+            grad_x = gx.view(Ee, T, B, -1).transpose(1, 2).reshape(x.shape)
+        x_t = x2.transpose(1, 2)  # fast orientations: (x^T d)^T, (h^T d)^T
+        grad_w_ih = torch.cat([torch.bmm(x_t, d_rz2), torch.bmm(x_t, d_n2)], -1).transpose(1, 2)
+        grad_w_hh = torch.bmm(h2.transpose(1, 2), d_g2).transpose(1, 2)
+        grad_b_hh = d_g2.sum(1)
+        grad_b_ih = torch.cat([grad_b_hh[..., : 2 * H], d_n2.sum(1)], -1)
+        del d_g2, d_n2, d_rz2
+        _POOL.give([d_g, d_n])
         return (
             None,
             grad_x,
             grad_w_ih.reshape(w_ih.shape),
             grad_w_hh.reshape(w_hh.shape),
-            sum_xi.reshape(w_hh.shape[:-2] + (3 * H,)),
+            grad_b_ih.reshape(w_hh.shape[:-2] + (3 * H,)),
             grad_b_hh.reshape(w_hh.shape[:-2] + (3 * H,)),
         )
 
