@@ -42,6 +42,8 @@ class RefineResult:
         initial_loss, initial_val_loss: the same before the first round.
         best_round: the round whose parameters were kept (0: the starting parameters).
         best_val_loss: the validation loss of the kept parameters (None without validation).
+        divergences: one dict per round that hit a non-finite loss or SDE solve: ``round``,
+            ``reason`` and ``lr`` (the L-BFGS step scale of the retry).
         stopped: why the rounds ended early (``"converged"``, ``"diverged: ..."``), or None.
         seconds: wall time.
     """
@@ -51,6 +53,7 @@ class RefineResult:
     initial_val_loss: float | None = None
     best_round: int = 0
     best_val_loss: float | None = None
+    divergences: list[dict] = field(default_factory=list)
     stopped: str | None = None
     seconds: float = 0.0
 
@@ -66,6 +69,8 @@ class RefineResult:
                 f"; validation {self.initial_val_loss:.6g} -> {self.best_val_loss:.6g} "
                 f"(kept round {self.best_round})"
             )
+        if self.divergences:
+            s += f"; {len(self.divergences)} divergence(s) retried with smaller steps"
         if self.stopped:
             s += f"; stopped: {self.stopped}"
         return s
@@ -87,6 +92,7 @@ def refine_lbfgs(
     val_data=None,
     seed: int = 0,
     num_particles: int = 1,
+    max_divergences: int = 3,
     progress: bool | None = None,
 ) -> RefineResult:
     """Refine a fitted model by full-batch L-BFGS on the frozen-noise ELBO (see the module).
@@ -95,8 +101,10 @@ def refine_lbfgs(
     one or a few evaluations of the whole data set, forward and backward). After each round
     the loss (and the validation loss) is recorded; with ``val_data`` the parameters of the
     best validation loss, the starting ones included, are kept, so refinement never makes the
-    validation score worse. A non-finite loss stops the rounds and restores the parameters of
-    the last finished round. Rounds also stop once a round no longer changes the loss.
+    validation score worse. When a line search steps so far that the loss or the SDE solve
+    turns non-finite, the round restarts from the parameters of the last finished round with a
+    fresh L-BFGS memory and half the step scale; the ``max_divergences``-th such failure stops
+    the rounds there. Rounds also stop once a round no longer changes the loss.
 
     Args:
         model: a fitted model with ``model``/``guide``/``parameters()``/``check_batch`` (a
@@ -109,6 +117,7 @@ def refine_lbfgs(
         val_data: held-out series for selection (same types as ``data``), or None.
         seed: the seed of the frozen noise.
         num_particles: Monte Carlo particles of the ELBO.
+        max_divergences: non-finite rounds tolerated (each retried with half the step scale).
         progress: show a progress bar over rounds (default: when stderr is a terminal).
 
     Returns:
@@ -126,6 +135,7 @@ def refine_lbfgs(
         ("max_iter", max_iter),
         ("history_size", history_size),
         ("num_particles", num_particles),
+        ("max_divergences", max_divergences),
     ):
         _positive_int(name, v)
     if isinstance(seed, bool) or not isinstance(seed, int):
@@ -170,25 +180,30 @@ def refine_lbfgs(
     def snapshot() -> dict:
         return {k: t.detach().clone() for k, t in model.state_dict().items()}
 
+    def make_opt(lr: float) -> torch.optim.LBFGS:
+        return torch.optim.LBFGS(
+            params,
+            lr=lr,
+            max_iter=max_iter,
+            history_size=history_size,
+            line_search_fn="strong_wolfe",
+            tolerance_grad=1e-10,
+            tolerance_change=1e-14,
+        )
+
     start = time.perf_counter()
     result = RefineResult()
-    opt = torch.optim.LBFGS(
-        params,
-        lr=1.0,
-        max_iter=max_iter,
-        history_size=history_size,
-        line_search_fn="strong_wolfe",
-        tolerance_grad=1e-10,
-        tolerance_change=1e-14,
-    )
+    step_scale = 1.0
+    opt = make_opt(step_scale)
     with torch.no_grad():
         result.initial_loss = float(frozen(batch, n_obs))
     result.initial_val_loss = result.best_val_loss = val_loss()
     best = snapshot()
     last_good = best
     prev = result.initial_loss
-    bar = tqdm(range(1, num_rounds + 1), disable=not progress, desc="L-BFGS refine")
-    for r in bar:
+    bar = tqdm(total=num_rounds, disable=not progress, desc="L-BFGS refine")
+    r = 0
+    while r < num_rounds:
         try:
             opt.step(closure)
             with torch.no_grad():
@@ -196,8 +211,15 @@ def refine_lbfgs(
             v = val_loss()
         except _Diverged as d:
             model.load_state_dict(last_good)
-            result.stopped = f"diverged: {d.reason} in round {r}"
-            break
+            step_scale *= 0.5
+            result.divergences.append({"round": r + 1, "reason": d.reason, "lr": step_scale})
+            if len(result.divergences) >= max_divergences:
+                result.stopped = f"diverged: {d.reason} in round {r + 1}"
+                break
+            opt = make_opt(step_scale)  # a fresh memory: the old one led there
+            continue
+        r += 1
+        bar.update(1)
         rec = {
             "round": r,
             "loss": loss,
@@ -217,6 +239,7 @@ def refine_lbfgs(
             result.stopped = "converged"
             break
         prev = loss
+    bar.close()
     model.load_state_dict(best)
     result.seconds = time.perf_counter() - start
     return result
