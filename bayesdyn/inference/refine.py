@@ -124,7 +124,8 @@ def refine_lbfgs(
         :class:`RefineResult`; the model holds the kept parameters.
 
     Raises:
-        BayesdynValueError: for invalid arguments.
+        BayesdynValueError: for invalid arguments, or a model whose starting loss (or
+            validation loss) is not finite.
 
     Shapes:
         ``data`` batches as ``times [B, T]``, ``values [B, T, D]``, ``mask [B, T, D]`` (and
@@ -195,9 +196,17 @@ def refine_lbfgs(
     result = RefineResult()
     step_scale = 1.0
     opt = make_opt(step_scale)
-    with torch.no_grad():
-        result.initial_loss = float(frozen(batch, n_obs))
-    result.initial_val_loss = result.best_val_loss = val_loss()
+    try:
+        with torch.no_grad():
+            result.initial_loss = _finite_loss(frozen(batch, n_obs))
+        result.initial_val_loss = result.best_val_loss = val_loss()
+        if result.initial_val_loss is not None:
+            _finite_loss(torch.tensor(result.initial_val_loss))
+    except _Diverged as d:
+        raise BayesdynValueError(
+            f"refine_lbfgs needs a model whose loss is finite to start from; {d.reason} "
+            "(fit it first, or check the data)"
+        ) from None
     best = snapshot()
     last_good = best
     prev = result.initial_loss

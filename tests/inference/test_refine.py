@@ -111,3 +111,25 @@ def test_refine_needs_trainable_parameters():
     jump.requires_grad_(False)
     with pytest.raises(BayesdynValueError, match="no trainable parameters"):
         refine_lbfgs(m, d.to_jump_batch())
+
+
+def test_refine_works_on_a_latent_sde_and_refuses_a_diverged_start():
+    from bayesdyn import LatentSDE, fit
+    from tests.common import lattice_ou
+
+    data = lattice_ou(num_series=10, num_obs=6, t1=2.0, spacing=0.25, seed=3)[0]
+    torch.manual_seed(0)
+    m = LatentSDE(1, latent_dim=2, hidden_dim=8, context_dim=3, dt=0.25, diffusion_hidden_dim=4)
+    fit(m, data[:8], num_steps=20, lr=2e-2, progress=False)
+    res = refine_lbfgs(m, data[:8], val_data=data[8:], num_rounds=2, max_iter=10, progress=False)
+    assert res.history[-1]["loss"] < res.initial_loss
+    assert res.best_val_loss <= res.initial_val_loss
+    # The kept parameters give the recorded validation loss (same frozen noise).
+    kept = refine_lbfgs(m, data[:8], val_data=data[8:], num_rounds=1, max_iter=1, progress=False)
+    assert kept.initial_val_loss == pytest.approx(res.best_val_loss, rel=1e-12)
+    with torch.no_grad():
+        m.post_drift.rest[-1].bias.fill_(1e200)  # a drift that explodes
+    with pytest.raises(
+        BayesdynValueError, match="needs a model whose loss is finite to start from"
+    ):
+        refine_lbfgs(m, data[:8], progress=False)
