@@ -73,6 +73,14 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         help="average the parameters over this last fraction of the steps (Polyak-Ruppert; "
         "0 for none); validation and the saved model use the average",
     )
+    t.add_argument(
+        "--refine-rounds",
+        type=int,
+        default=0,
+        help="after training, this many rounds of full-batch L-BFGS on the frozen-noise ELBO "
+        "(bayesdyn.inference.refine_lbfgs), keeping the round with the best validation loss "
+        "(0 for none)",
+    )
     t.add_argument("--checkpoint-every", type=int, default=50)
     t.add_argument("--resume", action="store_true")
     t.add_argument("--seed", type=int, default=0)
@@ -97,11 +105,19 @@ def _train(series, out: Path, args) -> dict:
     """Standardise, split, fit, save (:func:`~bayesdyn.diagnostics.save_run`). Returns the run
     summary."""
     from .diagnostics.report import save_run
-    from .inference import average_after_for, fit
+    from .inference import average_after_for, fit, refine_lbfgs
     from .models import LatentSDE
 
     average_after = average_after_for(args.steps, args.average_last, "--average-last")
+    if isinstance(args.refine_rounds, bool) or args.refine_rounds < 0:
+        raise BayesdynValueError(
+            f"--refine-rounds must be an integer >= 0 (0: no refinement); got {args.refine_rounds}"
+        )
     dp = _data_parallel(args)
+    if dp is not None and args.refine_rounds:
+        raise BayesdynValueError(
+            "--refine-rounds runs in one process; it cannot be combined with data parallelism"
+        )
     writer = dp is None or dp.is_writer
     out.mkdir(parents=True, exist_ok=True)
     scaled, scaler = series.standardize()
@@ -148,6 +164,16 @@ def _train(series, out: Path, args) -> dict:
     )
     if not writer:  # rank 0 writes the outputs of a data-parallel run
         return {}
+    refined = None
+    if args.refine_rounds:
+        refined = refine_lbfgs(
+            model,
+            train,
+            val_data=val,
+            num_rounds=args.refine_rounds,
+            seed=args.seed,
+            progress=not args.quiet,
+        )
     summary = {
         "num_series": len(series),
         "channels": list(series.channels),
@@ -160,8 +186,20 @@ def _train(series, out: Path, args) -> dict:
         "t_min": float(series.t_min),
         "t_max": float(series.t_max),
     }
+    if refined is not None:
+        summary["refine"] = {
+            "rounds": len(refined.history),
+            "kept_round": refined.best_round,
+            "loss_before": refined.initial_loss,
+            "loss_after": refined.history[-1]["loss"] if refined.history else None,
+            "val_loss_before": refined.initial_val_loss,
+            "val_loss_after": refined.best_val_loss,
+            "seconds": round(refined.seconds, 2),
+        }
     save_run(out, model, series, scaler, history=result.history, summary=summary)
     print(result.summary())
+    if refined is not None:
+        print(refined.summary())
     return summary
 
 

@@ -1,5 +1,6 @@
 """The ``bayesdyn`` command line: demo, fit, forecast, resume and error paths."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -129,6 +130,23 @@ def test_fit_average_last(fitted, tmp_path, capsys):
     rc = main(["fit", str(csv), "--out", str(tmp_path / "r"), "--average-last", "1.0", *TINY])
     assert rc == 2
     assert "--average-last must be a fraction in [0, 1); got 1.0" in capsys.readouterr().err
+
+
+def test_fit_refine_rounds(fitted, tmp_path, capsys):
+    csv, _, _ = fitted
+    run = tmp_path / "refined"
+    assert main(["fit", str(csv), "--out", str(run), "--refine-rounds", "1", *TINY]) == 0
+    out = capsys.readouterr().out
+    assert "L-BFGS refinement: 1 round(s)" in out
+    summary = json.loads((run / "summary.json").read_text())
+    ref = summary["refine"]
+    assert ref["rounds"] == 1 and ref["loss_after"] < ref["loss_before"]
+    assert ref["val_loss_after"] <= ref["val_loss_before"]
+    rc = main(["fit", str(csv), "--out", str(tmp_path / "r"), "--refine-rounds", "-1", *TINY])
+    assert rc == 2
+    assert "--refine-rounds must be an integer >= 0 (0: no refinement); got -1" in (
+        capsys.readouterr().err
+    )
 
 
 def test_fit_missing_csv(tmp_path, capsys):
