@@ -3,8 +3,9 @@
 Simulates ``B`` exponential Hawkes sequences (intensity ``0.2 + 0.8 sum_{t_i < t} e^{-(t - t_i)}``,
 exact Ogata thinning) on ``[0, T + H]``, keeps ``[0, T]`` for training and the last ``H`` time
 units as the future to forecast. A :class:`bayesdyn.LatentJumpSDE` (latent state that jumps at
-every event, softplus intensity) is fitted by maximum likelihood (``guide="prior"``) on
-mini-batches of sequences. The script then
+every event, softplus intensity, each sequence on its own solver grid) is fitted by maximum
+likelihood (``guide="prior"``) on mini-batches of sequences, then finished with full-batch
+L-BFGS (:func:`bayesdyn.inference.refine_lbfgs`). The script then
 
 - scores the training window with :func:`bayesdyn.inference.event_log_likelihood` next to the
   true process's exact log-likelihood and a constant-rate (Poisson) fit;
@@ -33,7 +34,7 @@ import torch
 
 import bayesdyn
 from bayesdyn.data import hawkes_intensity, hawkes_log_likelihood, simulate_hawkes
-from bayesdyn.inference import event_log_likelihood
+from bayesdyn.inference import event_log_likelihood, refine_lbfgs
 
 TRUTH = dict(baseline=0.2, alpha=0.8, beta=1.0)  # alpha: branching ratio
 
@@ -59,10 +60,12 @@ def main(argv=None):
     parser.add_argument("--t-train", type=float, default=50.0)
     parser.add_argument("--horizon", type=float, default=10.0)
     parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--refine-rounds", type=int, default=2, help="L-BFGS rounds after Adam")
     parser.add_argument("--num-samples", type=int, default=200)
     args = parser.parse_args(argv)
     if args.smoke:
         args.num_series, args.t_train, args.steps, args.num_samples = 4, 15.0, 4, 16
+        args.refine_rounds = 1
 
     torch.set_default_dtype(torch.float64)
     T, H = args.t_train, args.horizon
@@ -83,6 +86,7 @@ def main(argv=None):
         diffusion_max=0.05,
         init_intensity=rate,
         guide="prior",
+        grid="per_series",  # each sequence on its own grid: ~n steps per batch, not ~B n
     )
     result = bayesdyn.fit(
         model,
@@ -95,6 +99,9 @@ def main(argv=None):
         progress=False,
     )
     print(result.summary())
+    if args.refine_rounds:
+        refined = refine_lbfgs(model, past.to_jump_batch(), num_rounds=args.refine_rounds)
+        print(refined.summary())
 
     # Log-likelihood of the training window: the model, the truth, a constant rate.
     ll = event_log_likelihood(model, past, 16, chunk_size=8, seed=args.seed)

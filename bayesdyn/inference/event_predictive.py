@@ -37,14 +37,15 @@ class EventForecast:
         start, end: forecast window per series (``start`` is the observation window's end).
         grid_times: forecast grid per series.
         intensity: per-mark forecast intensity (left limits) on ``grid_times``.
-        fit_times: the solver grid over the observation windows.
+        fit_times: the solver grid over the observation windows (one row per series for a
+            model on per-series grids).
         fit_intensity: per-mark posterior intensity (left limits) on ``fit_times``.
         ids: series ids, if known.
 
     Shapes:
         - ``times``, ``marks``, ``mask``: ``[S, B, N]``; ``start``, ``end``: ``[B]``
         - ``grid_times``: ``[B, M+1]``; ``intensity``: ``[S, B, M+1, K]``
-        - ``fit_times``: ``[U]``; ``fit_intensity``: ``[S, B, U, K]``
+        - ``fit_times``: ``[U]`` (or ``[B, U]``); ``fit_intensity``: ``[S, B, U, K]``
     """
 
     times: Tensor
@@ -122,9 +123,10 @@ class EventForecast:
         fc_q = self.intensity_quantiles(qs).cpu()
         cq = self.count_quantiles(qs).cpu()
         fig, axes = plt.subplots(len(series), 1, figsize=(9, 2.4 * len(series)), squeeze=False)
-        ft = self.fit_times.cpu()
         for r, b in enumerate(series):
             ax = axes[r][0]
+            ft = self.fit_times.cpu()
+            ft = ft[b] if ft.dim() > 1 else ft  # per-series grids: this series' row
             inside = ft <= float(self.start[b])
             ax.fill_between(ft[inside], fit_q[0, b][inside], fit_q[2, b][inside], alpha=0.3,
                             color="C0", label=f"posterior intensity ({int(level * 100)}%)")  # fmt: skip
@@ -336,7 +338,8 @@ def event_log_likelihood(
     bound that tightens as ``S`` grows; it is exact when the path is deterministic given the
     events (no diffusion, fixed ``z0``). The prior path at time ``t`` depends on the events
     before ``t`` only, so ``intensity`` is the model's predictive intensity given the history.
-    Series are processed in chunks of ``chunk_size`` (each chunk on its own union grid).
+    Series are processed in chunks of ``chunk_size`` (each chunk on its own union grid, or on
+    per-series grids for a model with ``grid="per_series"``, which do not depend on the chunk).
 
     Args:
         model: a :class:`~bayesdyn.models.LatentJumpSDE`.

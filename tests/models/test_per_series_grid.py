@@ -7,6 +7,7 @@ ArviZ conversion must run on them; the paths/point-process sites reject grids th
 
 from __future__ import annotations
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
@@ -58,6 +59,9 @@ def test_per_series_intensity_queries_and_forecasts_match_the_union_grid():
         ll = event_log_likelihood(m, d, num_samples=2, query_times=q, seed=0, progress=False)
         fc = forecast_events(m, d, horizon=3.0, num_samples=300, num_steps=30, seed=0)
         out[grid] = (ll.mean_intensity(), fc.counts().double())
+        fig = fc.plot(data=d, max_series=2)  # draws each series' own fit grid
+        assert len(fig.axes) == 2 and len(fig.axes[1].collections) >= 2
+        plt.close(fig)
     lam_u, counts_u = out["union"]
     lam_s, counts_s = out["per_series"]
     assert lam_s.shape == (2, 7)
