@@ -337,7 +337,7 @@ class _GRUFn(torch.autograd.Function):
             gate = _linear_rows(b_hh_b, h, w_hh_t, E, out=gate_s[t])
             rz = gate[:, : 2 * H].add_(xi_rz[t]).sigmoid_()
             n = torch.addcmul(xi_n[t], rz[:, :H], gate[:, 2 * H :], out=n_s[t]).tanh_()
-            h = torch.addcmul(n, rz[:, H:], h - n, out=out_steps[t])
+            h = torch.lerp(n, h, rz[:, H:], out=out_steps[t])  # n + z (h - n)
         ctx.E = E
         ctx.save_for_backward(x, w_ih, w_hh, out)
         ctx.gates = (gates, ns)
@@ -1067,7 +1067,11 @@ class _FusedEulerFn(torch.autograd.Function):
         # MLPs keep no pre-activations, which pays for it; see _MLPSteps).
         hd_all = _POOL.take(z0, Ee * L, num_steps, M, Hd)  # channel-major: see backward
         hd_steps = hd_all.unbind(1)
-        states, drifts, sigs, prior_drifts = [z], [], [], []
+        # s of every step, channels layout, and per-step views of it in rows layout.
+        sig_all = z0.new_empty(num_steps, Ee * L, 1, M)
+        sig_s = sig_all.unbind(0)
+        sig_rows_s = sig_all.view(num_steps, Ee, L, M).transpose(2, 3).unbind(0)  # [E, M, L]
+        states, drifts, prior_drifts = [z], [], []
         for k in range(num_steps):
             f = mlp_q.forward(k, z)
             if tgt_steps is not None:
@@ -1077,22 +1081,21 @@ class _FusedEulerFn(torch.autograd.Function):
                 prior_drifts.append(fp)
                 if act_steps is not None:
                     f = torch.where(act_steps[k], f, fp)
-            hd = torch.addcmul(b1t, _to_channels(z, Ee), w1t, out=hd_steps[k])
+            z_ch = z.t().unsqueeze(-1) if E is None else _to_channels(z, Ee)  # [E L, M, 1]
+            hd = torch.addcmul(b1t, z_ch, w1t, out=hd_steps[k])
             hd = F.softplus(hd, out=hd)
             # w2 hd^T [E L, 1, M]: the BLAS is much faster this way round than hd w2.
-            sig = torch.baddbmm(ob, w2r, hd.transpose(1, 2)).sigmoid_()  # [E L, 1, M]
+            torch.baddbmm(ob, w2r, hd.transpose(1, 2), out=sig_s[k]).sigmoid_()
             z_next = torch.add(z, f, alpha=dt_list[k])
             if noise_lo is not None:
                 z_next.add_(noise_lo[k])
-            sig_rows = sig.view(Ee, L, M).transpose(1, 2)
-            z = torch.addcmul(z_next.view(Ee, M, L), sig_rows, noise_span[k]).view(N, L)
+            z = torch.addcmul(z_next.view(Ee, M, L), sig_rows_s[k], noise_span[k]).view(N, L)
             states.append(z)
             drifts.append(f)
-            sigs.append(sig)
         path = torch.stack(states, 1).view(zb + (U, L))
         if num_steps:
             drift = torch.stack(drifts, 1).view(zb + (num_steps, L))
-            sig = torch.stack(sigs).view(num_steps, Ee * L, M)  # channels layout
+            sig = sig_all.view(num_steps, Ee * L, M)  # channels layout
             sig_rows = sig.view(num_steps, Ee, L, M).permute(1, 3, 0, 2).reshape(N, num_steps, L)
             diff = z0.new_empty(N, num_steps, L)  # (sig_rows may be a view of sig)
             torch.mul(sig_rows, span, out=diff).add_(lo)
