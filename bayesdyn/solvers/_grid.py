@@ -113,16 +113,7 @@ def make_union_grid(
         pieces.append(query_times.reshape(-1))
     knots = torch.unique(torch.cat(pieces))  # sorted, strictly increasing
     if t0 is not None:
-        t0 = float(t0)
-        # Compare in the grid's dtype: a float64 t0 equal to a float32 time must not add a
-        # duplicate knot (0.4 < float32(0.4) in float64).
-        t0_k = knots.new_tensor([t0])
-        if bool(t0_k > knots[0]):
-            raise BayesdynValueError(
-                f"t0 must not exceed the earliest time {float(knots[0])}; got t0={t0}"
-            )
-        if bool(t0_k < knots[0]):
-            knots = torch.cat([t0_k, knots])
+        knots = _start_at(knots, t0)
     if dt is not None:
         if not (isinstance(dt, (int, float)) and math.isfinite(dt) and dt > 0):
             raise BayesdynValueError(f"dt must be a finite positive number; got {dt!r}")
@@ -135,6 +126,19 @@ def make_union_grid(
 
 
 _ROUNDINGS = ("ceil", "nearest")
+
+
+def _start_at(knots: Tensor, t0: float, where: str = "") -> Tensor:
+    """``knots [K]`` with ``t0`` prepended unless it is the first knot; raise if it is later."""
+    t0 = float(t0)
+    # Compare in the grid's dtype: a float64 t0 equal to a float32 time must not add a
+    # duplicate knot (0.4 < float32(0.4) in float64).
+    t0_k = knots.new_tensor([t0])
+    if bool(t0_k > knots[0]):
+        raise BayesdynValueError(
+            f"t0 must not exceed the earliest time {float(knots[0])}{where}; got t0={t0}"
+        )
+    return torch.cat([t0_k, knots]) if bool(t0_k < knots[0]) else knots
 
 
 def make_series_grid(
@@ -194,14 +198,7 @@ def make_series_grid(
         pieces = [times[b]] if query_times is None else [times[b], query_times[b]]
         knots = torch.unique(torch.cat(pieces))
         if t0 is not None:
-            t0_k = knots.new_tensor([float(t0)])
-            if bool(t0_k > knots[0]):
-                raise BayesdynValueError(
-                    f"t0 must not exceed the earliest time {float(knots[0])} (series {b}); "
-                    f"got t0={t0}"
-                )
-            if bool(t0_k < knots[0]):
-                knots = torch.cat([t0_k, knots])
+            knots = _start_at(knots, t0, f" (series {b})")
         rows.append(_refine(knots, float(dt), rounding))
     U = max(r.numel() for r in rows)
     steps = torch.arange(1, U + 1, dtype=times.dtype, device=times.device) * float(dt)
