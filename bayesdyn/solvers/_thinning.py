@@ -115,7 +115,7 @@ def interval_index(grid: Tensor, t: Tensor) -> Tensor:
     return k.clamp(0, max(grid.shape[-1] - 2, 0))
 
 
-def grid_take(x: Tensor, k: Tensor) -> Tensor:
+def _grid_take(x: Tensor, k: Tensor) -> Tensor:
     """``x[..., k]`` for a shared (``[U]``) or per-series (``[*gbatch, U]``) grid quantity.
 
     Shapes: ``x [U]`` or ``[*gbatch, U]``, ``k [..., N]`` -> ``[..., N]`` (broadcast).
@@ -143,7 +143,7 @@ def piecewise_linear_at(
     """
     k = interval_index(grid, t)
     h = (grid[..., 1:] - grid[..., :-1]).to(start.dtype)
-    w = ((t - grid_take(grid, k)) / grid_take(h, k)).clamp(0.0, 1.0).unsqueeze(-1)
+    w = ((t - _grid_take(grid, k)) / _grid_take(h, k)).clamp(0.0, 1.0).unsqueeze(-1)
     idx = k.unsqueeze(-1).expand(*k.shape, start.shape[-1])
     shape = torch.broadcast_shapes(idx.shape[:-2], start.shape[:-2])
     idx = idx.expand(*shape, *idx.shape[-2:])
