@@ -221,6 +221,14 @@ def _loss(elbo, model, batch, kl_scale: float) -> torch.Tensor:
         raise _Diverged(f"the SDE solve diverged ({str(e).splitlines()[0]})") from e
 
 
+def _same(a, b) -> bool:
+    """Schedule entries agree (floats to a relative 1e-9: a decay rate recomputed from
+    ``lr_final = lr * decay**num_steps`` differs from the original in its last bits)."""
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-9)
+    return a == b
+
+
 def _finite_loss(loss: torch.Tensor) -> float:
     v = loss.detach().item()
     if not math.isfinite(v):
@@ -443,9 +451,13 @@ def fit(
     else:
         objective = _MinibatchObjective(model, batch, bs, elbo, seed)
     is_writer = data_parallel is None or data_parallel.is_writer
+    decay = (lr_final / lr) ** (1.0 / max(num_steps, 1))
+    # The learning rate at step k is lr * decay**k: a resumed run may be longer (num_steps and
+    # lr_final extended together, as when training in chunks), as long as the per-step decay
+    # is the same.
     schedule = {
         "lr": lr,
-        "lr_final": lr_final,
+        "lr_decay_per_step": decay,
         "kl_anneal_steps": int(kl_anneal_steps),
         "kl_min": float(kl_min),
         "batch_size": bs,
@@ -458,7 +470,6 @@ def fit(
 
     params = [p for p in model.parameters() if p.requires_grad]
     optim = torch.optim.Adam(params, lr=lr)
-    decay = (lr_final / lr) ** (1.0 / max(num_steps, 1))
     result = FitResult()
     start = 0
     state = {"best_state": None, "bad_vals": 0, "lr_scale": 1.0}
@@ -502,7 +513,7 @@ def fit(
         ck = load_checkpoint(ckpt_path)
         old = ck.get("schedule")
         if old is not None:
-            diff = {k: (old.get(k), v) for k, v in schedule.items() if old.get(k) != v}
+            diff = {k: (old.get(k), v) for k, v in schedule.items() if not _same(old.get(k), v)}
             if diff:
                 what = "; ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in diff.items())
                 raise BayesdynValueError(

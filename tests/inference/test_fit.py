@@ -75,6 +75,26 @@ def test_divergence_stops_with_clear_error_and_keeps_last_good(tmp_path, data):
     assert not torch.equal(good["post_drift.rest.3.bias"], poisoned["post_drift.rest.3.bias"])
 
 
+def test_resume_continues_a_longer_run_with_the_same_decay(tmp_path, data):
+    # Training in chunks (as the mocap benchmark does, to score a custom metric between
+    # chunks): each chunk asks for num_steps = k and lr_final = lr * decay**k, the same per-step
+    # learning rates as one run of the full length, which the chunks must reproduce.
+    kw = dict(lr=2e-2, batch_size=5, seed=4, progress=False, checkpoint_every=10**9)
+    decay = 0.9
+    full = small()
+    fit(full, data, num_steps=8, lr_final=2e-2 * decay**8, **kw)
+    chunked = small()
+    for k in (3, 6, 8):
+        r = fit(chunked, data, num_steps=k, lr_final=2e-2 * decay**k, checkpoint_dir=tmp_path,
+                resume=True, **kw)  # fmt: skip
+    assert r.num_steps == 8
+    for name, v in params(full).items():
+        assert torch.allclose(v, chunked.state_dict()[name], atol=1e-10), name
+    # Another decay (the same num_steps with another lr_final) is refused.
+    with pytest.raises(BayesdynValueError, match=r"another schedule \(lr_decay_per_step"):
+        fit(small(), data, num_steps=8, lr_final=1e-3, checkpoint_dir=tmp_path, resume=True, **kw)
+
+
 @pytest.mark.parametrize(
     "kw, err, match",
     [

@@ -108,7 +108,7 @@ def test_foreign_files_are_not_checkpoints(tmp_path):
 def test_resume_refuses_a_checkpoint_of_another_schedule(tmp_path, data):
     fit(small(), data, num_steps=2, lr=1e-2, checkpoint_dir=tmp_path, progress=False)
     with pytest.raises(
-        BayesdynValueError, match=r"another schedule \(lr: checkpoint 0.01, now 0.02; lr_final"
+        BayesdynValueError, match=r"another schedule \(lr: checkpoint 0.01, now 0.02\)"
     ):
         fit(
             small(),
