@@ -792,9 +792,12 @@ class _BufferPool:
         return like.new_empty(shape)
 
     def give(self, bufs: list[Tensor]) -> None:
-        """Return buffers (no other references may remain to them)."""
+        """Return buffers (no other references may remain to them). Inference tensors (made
+        under ``torch.inference_mode``) are not kept: outside it they cannot be written."""
         for buf in bufs:
-            if buf.device.type != "cpu" or self.kept + buf.nbytes > self.max_bytes:
+            if buf.device.type != "cpu" or buf.is_inference():
+                continue
+            if self.kept + buf.nbytes > self.max_bytes:
                 continue
             self.free.setdefault((tuple(buf.shape), buf.dtype), []).append(buf)
             self.kept += buf.nbytes

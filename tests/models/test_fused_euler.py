@@ -275,3 +275,26 @@ def test_buffer_pool_caps_what_it_keeps():
     assert pool.take(a, 60).data_ptr() == a.data_ptr()
     assert pool.take(a, 60).data_ptr() != b.data_ptr()  # nothing kept: a fresh tensor
     assert pool.kept == 0
+
+
+def test_kernels_after_inference_mode():
+    """Buffers made under torch.inference_mode are not pooled (they cannot be written outside
+    it): a training pass after an inference pass works and gives the same numbers."""
+    torch.manual_seed(4)
+    enc = GRUEncoder(2, 5, 3)
+    batch = ragged_batch(B=3, T=4)
+    full = torch.full((3,), 4)
+    with torch.inference_mode():
+        ref = enc(batch.times, batch.values, batch.mask, full)
+    ctx = enc(batch.times, batch.values, batch.mask, full)
+    torch.testing.assert_close(ctx, ref, rtol=0, atol=0)
+    ctx.sum().backward()
+    model, post, prior, grid, z0, noise = _setup(bridge=False, time_input=False)
+    with torch.inference_mode():
+        out = fused_euler_path(
+            model.post_drift, model.diffusion, z0, post.pre, grid, noise,
+            prior=(model.prior_drift, prior.pre), active=post.active,
+        )  # fmt: skip
+    path = post.sample_path(z0, grid, noise)[0]  # (factored features: rounding differs)
+    torch.testing.assert_close(path, out[0], rtol=1e-12, atol=1e-12)
+    path.sum().backward()
