@@ -24,6 +24,7 @@ from .._validation import (
     SolverDiverged,
     check_positive,
 )
+from ..models.nets import release_kernel_buffers
 from .elbo import PathELBO
 
 __all__ = ["FitResult", "average_after_for", "fit", "load_checkpoint", "save_checkpoint"]
@@ -619,6 +620,7 @@ def fit(
                 break
     finally:
         bar.close()
+        release_kernel_buffers()  # the kernels' step-to-step work buffers (up to 1 GiB)
     result.num_steps = step
     result.seconds = time.perf_counter() - t_start
     if state["best_state"] is None:

@@ -26,6 +26,7 @@ from .nets import (
     GaussianDecoder,
     GRUEncoder,
     StudentTDecoder,
+    release_kernel_buffers,
 )
 from .point_process import TemporalPointProcess
 from .sde_path import SDEPath
@@ -58,4 +59,5 @@ __all__ = [
     "SDEPath",
     "StudentTDecoder",
     "TemporalPointProcess",
+    "release_kernel_buffers",
 ]

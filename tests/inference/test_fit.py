@@ -166,3 +166,20 @@ def test_average_after_for():
     assert average_after_for(300, 0.0) is None and average_after_for(0, 0.5) is None
     with pytest.raises(BayesdynValueError, match=r"--x must be a fraction in \[0, 1\); got 1.0"):
         average_after_for(10, 1.0, "--x")
+
+
+def test_fit_releases_the_kernel_work_buffers(data):
+    from bayesdyn.inference import PathELBO
+    from bayesdyn.models import release_kernel_buffers
+    from bayesdyn.models.nets import _POOL
+
+    m = small()
+    batch = data.to_batch()
+    loss = PathELBO().differentiable_loss(m.model, m.guide, batch)
+    loss.backward()
+    del loss  # frees the graph: the fused kernels' buffers return to the pool
+    assert _POOL.kept > 0
+    kept = _POOL.kept
+    assert release_kernel_buffers() == kept and _POOL.kept == 0
+    fit(m, data, num_steps=3, progress=False)
+    assert _POOL.kept == 0 and not any(_POOL.free.values())
