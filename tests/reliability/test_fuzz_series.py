@@ -104,6 +104,12 @@ def inject(draw, fault, times, values, masks):
     t, v, m = _arr(times[i]), _arr(values[i]), _arr(masks[i])
     if t is None or v is None or m is None or t.ndim != 1 or v.ndim != 2 or t.size == 0:
         return
+    # Faults that recast a part through float apply to real-valued parts only: an earlier
+    # fault of the same draw may have made it strings or complex already.
+    recast = {"nan_time": t, "inf_time": t, "huge_time": t, "times_dtype": t}
+    recast.update(values_dtype=v, mask_dtype=m)
+    if fault in recast and recast[fault].dtype.kind not in "biuf":
+        return
     if fault == "shuffle_times":
         times[i] = np.array(draw(st.permutations(list(t))))
     elif fault == "duplicate_time" and t.size > 1:
