@@ -166,6 +166,13 @@ def _train(series, out: Path, args) -> dict:
         return {}
     refined = None
     if args.refine_rounds:
+        if val is None:
+            print(
+                "bayesdyn fit: note: --refine-rounds without validation series (fewer than 10 "
+                "series, or --val-fraction 0): every round is kept, none is checked on held-out "
+                "data, and full-batch L-BFGS can overfit the training series",
+                file=sys.stderr,
+            )
         refined = refine_lbfgs(
             model,
             train,

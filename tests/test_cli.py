@@ -142,6 +142,9 @@ def test_fit_refine_rounds(fitted, tmp_path, capsys):
     ref = summary["refine"]
     assert ref["rounds"] == 1 and ref["loss_after"] < ref["loss_before"]
     assert ref["val_loss_after"] <= ref["val_loss_before"]
+    novalid = ["--refine-rounds", "1", "--val-fraction", "0", *TINY]
+    assert main(["fit", str(csv), "--out", str(tmp_path / "nv"), *novalid]) == 0
+    assert "without validation series" in capsys.readouterr().err
     rc = main(["fit", str(csv), "--out", str(tmp_path / "r"), "--refine-rounds", "-1", *TINY])
     assert rc == 2
     assert "--refine-rounds must be an integer >= 0 (0: no refinement); got -1" in (
