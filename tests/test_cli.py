@@ -115,11 +115,16 @@ def test_fit_bad_column(fitted, tmp_path, capsys):
     assert "bayesdyn fit: error" in err and "'zzz' not found" in err
 
 
+def _refused(csv, tmp_path, capsys, *args) -> str:
+    """``bayesdyn fit`` with ``args`` exits with status 2; returns what it wrote to stderr."""
+    capsys.readouterr()  # drop earlier output
+    assert main(["fit", str(csv), "--out", str(tmp_path / "r"), *args, *TINY]) == 2
+    return capsys.readouterr().err
+
+
 def test_fit_bad_time_column(fitted, tmp_path, capsys):
     csv, _, _ = fitted
-    rc = main(["fit", str(csv), "--out", str(tmp_path / "r"), "--time-col", "when", *TINY])
-    assert rc == 2
-    assert "'when' not found" in capsys.readouterr().err
+    assert "'when' not found" in _refused(csv, tmp_path, capsys, "--time-col", "when")
 
 
 def test_fit_average_last(fitted, tmp_path, capsys):
@@ -127,9 +132,8 @@ def test_fit_average_last(fitted, tmp_path, capsys):
     run = tmp_path / "avg"
     assert main(["fit", str(csv), "--out", str(run), "--average-last", "0.5", *TINY]) == 0
     assert (run / "model.pt").exists()
-    rc = main(["fit", str(csv), "--out", str(tmp_path / "r"), "--average-last", "1.0", *TINY])
-    assert rc == 2
-    assert "--average-last must be a fraction in [0, 1); got 1.0" in capsys.readouterr().err
+    err = _refused(csv, tmp_path, capsys, "--average-last", "1.0")
+    assert "--average-last must be a fraction in [0, 1); got 1.0" in err
 
 
 def test_fit_refine_rounds(fitted, tmp_path, capsys):
@@ -145,11 +149,8 @@ def test_fit_refine_rounds(fitted, tmp_path, capsys):
     novalid = ["--refine-rounds", "1", "--val-fraction", "0", *TINY]
     assert main(["fit", str(csv), "--out", str(tmp_path / "nv"), *novalid]) == 0
     assert "without validation series" in capsys.readouterr().err
-    rc = main(["fit", str(csv), "--out", str(tmp_path / "r"), "--refine-rounds", "-1", *TINY])
-    assert rc == 2
-    assert "--refine-rounds must be an integer >= 0 (0: no refinement); got -1" in (
-        capsys.readouterr().err
-    )
+    err = _refused(csv, tmp_path, capsys, "--refine-rounds", "-1")
+    assert "--refine-rounds must be an integer >= 0 (0: no refinement); got -1" in err
 
 
 def test_fit_missing_csv(tmp_path, capsys):

@@ -199,9 +199,9 @@ def refine_lbfgs(
     try:
         with torch.no_grad():
             result.initial_loss = _finite_loss(frozen(batch, n_obs))
-        result.initial_val_loss = result.best_val_loss = val_loss()
-        if result.initial_val_loss is not None:
-            _finite_loss(torch.tensor(result.initial_val_loss))
+        v0 = result.initial_val_loss = result.best_val_loss = val_loss()
+        if v0 is not None and not math.isfinite(v0):
+            raise _Diverged(f"the validation loss is {v0}")
     except _Diverged as d:
         raise BayesdynValueError(
             f"refine_lbfgs needs a model whose loss is finite to start from; {d.reason} "

@@ -275,7 +275,7 @@ class _BoundSDE(AbstractSDE):
     # training pass reads the whole tensors and never needs them.
     @functools.cached_property
     def _pre_steps(self):
-        return self.pre.unbind(-2) if self.pre.dim() >= 2 else [self.pre] * self.grid.numel()
+        return self.pre.unbind(-2) if self.pre.dim() >= 2 else [self.pre] * self.grid.shape[-1]
 
     @functools.cached_property
     def _bridge_steps(self):
