@@ -82,6 +82,8 @@ SCHEMA = {
     "max_train_minutes": ("optional", float),
     "train_window": ("optional", int),
     "window_stride": int,
+    "forecast": ("posterior", "prior"),
+    "time_warp": list,
 }
 
 
@@ -110,6 +112,20 @@ def load_mocap_config(path: str | os.PathLike) -> dict:
     if cfg["window_stride"] < 1:
         raise BayesdynValueError(
             f"{where}: 'window_stride' must be >= 1; got {cfg['window_stride']}"
+        )
+    warp = cfg["time_warp"]
+    if not warp or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and 0.5 <= v <= 2.0 for v in warp
+    ):
+        raise BayesdynValueError(
+            f"{where}: 'time_warp' must be a non-empty list of speed factors in [0.5, 2]; "
+            f"got {warp!r}"
+        )
+    cfg["time_warp"] = [float(v) for v in warp]
+    if cfg["train_window"] is not None and max(warp) * (cfg["train_window"] - 1) > NUM_FRAMES - 1:
+        raise BayesdynValueError(
+            f"{where}: a train_window of {cfg['train_window']} frames at speed {max(warp)} "
+            f"needs more than the {NUM_FRAMES} frames of a sequence"
         )
     if cfg["val_samples"] < 2 or cfg["num_samples"] < 2:
         raise BayesdynValueError(f"{where}: 'val_samples' and 'num_samples' must be >= 2")
@@ -182,18 +198,35 @@ def to_series(x: np.ndarray, context_frames: int | None = None) -> IrregularTime
     return IrregularTimeSeries([t] * len(x), list(vals), list(mask))
 
 
-def windows(x: np.ndarray, length: int | None, stride: int) -> np.ndarray:
+def windows(
+    x: np.ndarray, length: int | None, stride: int, speeds: list[float] = (1.0,)
+) -> np.ndarray:
     """Training windows ``[N * n_w, length, D]`` starting every ``stride`` frames.
 
     Each window is a sequence of its own (its times restart at 0): the model is trained to
     continue a walk from the first frames of any phase, not only from frame 0, which keeps the
     first-frames context from identifying (and replaying) one of the 16 training sequences.
-    ``length=None`` returns ``x`` unchanged.
+    ``length=None`` returns ``x`` unchanged (speed 1 only).
+
+    ``speeds`` time-warps the walks: at speed ``s`` window frame ``j`` is the sequence at frame
+    ``start + s * j``, linearly interpolated, so one window covers ``s * (length - 1)`` frames.
+    Walking pace varies between sequences (gait periods of 131-140 frames in ``Xtr``, up to
+    160 in ``Xval``), and the warped copies teach the dynamics a range of paces.
     """
     if length is None:
+        if any(s != 1.0 for s in speeds):
+            raise BayesdynValueError("time-warped training needs a train_window")
         return x
-    starts = range(0, x.shape[1] - length + 1, stride)
-    return np.concatenate([x[:, s : s + length] for s in starts])
+    n = x.shape[1]
+    out = []
+    for speed in speeds:
+        span = speed * (length - 1)
+        for start in range(0, int(np.floor(n - 1 - span)) + 1, stride):
+            q = start + speed * np.arange(length)
+            lo = np.minimum(np.floor(q).astype(int), n - 2)
+            w = (q - lo)[None, :, None]
+            out.append((1 - w) * x[:, lo] + w * x[:, lo + 1])
+    return np.concatenate(out)
 
 
 def predict(model, x_scaled: np.ndarray, scaler: Scaler, cfg: dict, num_samples: int, seed: int):
@@ -201,7 +234,13 @@ def predict(model, x_scaled: np.ndarray, scaler: Scaler, cfg: dict, num_samples:
 
     Shapes: ``x_scaled [N, 300, D]`` -> ``(mean_samples, obs_samples)`` each ``[S, N, 300, D]``.
     """
-    cond = to_series(x_scaled, cfg["context_frames"])
+    k = cfg["context_frames"]
+    if cfg["forecast"] == "prior":
+        # Series of the k conditioning frames: the posterior runs to frame k - 1, then the
+        # prior SDE continues alone.
+        cond = to_series(x_scaled[:, :k])
+    else:
+        cond = to_series(x_scaled, k)
     times = FRAME_DT * np.arange(x_scaled.shape[1])
     traj = bayesdyn.posterior_predictive(
         model, cond, times=times, num_samples=num_samples, seed=seed
@@ -225,7 +264,9 @@ def train(model, data: dict, scaler: Scaler, cfg: dict, seed: int, log) -> dict:
     from ``lr`` to ``lr_final`` over ``num_steps``.
     """
     train_scaled = scaler.transform_values(data["Xtr"])
-    train_s = to_series(windows(train_scaled, cfg["train_window"], cfg["window_stride"]))
+    train_s = to_series(
+        windows(train_scaled, cfg["train_window"], cfg["window_stride"], cfg["time_warp"])
+    )
     log(f"training on {len(train_s)} sequences of {train_s.lengths[0]} frames")
     val_scaled = scaler.transform_values(data["Xval"])
     n, every = cfg["num_steps"], cfg["eval_every"]
@@ -333,6 +374,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--steps", type=int, default=None, help="override num_steps (dev runs)")
     p.add_argument("--out", default=str(common.RESULTS_DIR), help="results directory")
     p.add_argument("--data", default=None, help="path to mocap35.mat")
+    p.add_argument(
+        "--save-model", default=None, help="write the selected model's state_dict here (torch.save)"
+    )
     args = p.parse_args(argv)
     common.setup_torch()
     cfg = load_mocap_config(args.config)
@@ -351,6 +395,8 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     tr = train(model, data, scaler, cfg, args.seed, lambda s: print(s, flush=True))
     wall_train = time.perf_counter() - t0
+    if args.save_model:
+        torch.save(model.state_dict(), args.save_model)
     t1 = time.perf_counter()
     res = evaluate(model, data, scaler, cfg, args.seed + 2)
     eval_s = time.perf_counter() - t1

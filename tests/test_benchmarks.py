@@ -255,6 +255,67 @@ def test_mocap_training_windows():
     assert mocap.windows(x, None, 3) is x
 
 
+def test_mocap_time_warped_windows_interpolate_the_walk():
+    """At speed s, window frame j is the walk at frame start + s*j (linear interpolation)."""
+    x = (np.arange(2 * 10, dtype=float) ** 2).reshape(2, 10, 1)
+    w = mocap.windows(x, 4, 3, [1.0, 0.5, 2.0])
+    # speed 1: starts 0, 3, 6; speed 0.5 (span 1.5 frames): starts 0, 3, 6; speed 2 (span 6): 0, 3
+    assert w.shape == ((3 + 3 + 2) * 2, 4, 1)
+    np.testing.assert_array_equal(w[:6], mocap.windows(x, 4, 3))
+    half = w[6 + 2]  # speed 0.5, start 3, sequence 0
+    np.testing.assert_allclose(
+        half[:, 0], np.interp(3 + 0.5 * np.arange(4), np.arange(10), x[0, :, 0])
+    )
+    double = w[12 + 3]  # speed 2, start 3, sequence 1: frames 3, 5, 7, 9 exactly
+    np.testing.assert_array_equal(double[:, 0], x[1, [3, 5, 7, 9], 0])
+    with pytest.raises(BayesdynValueError, match="needs a train_window"):
+        mocap.windows(x, None, 3, [0.9, 1.0])
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        ({"time_warp": []}, "non-empty list of speed factors"),
+        ({"time_warp": [1.0, 3.0]}, "non-empty list of speed factors"),
+        ({"time_warp": [1.0, True]}, "non-empty list of speed factors"),
+        ({"time_warp": [1.0, 1.6], "train_window": 200}, "200 frames at speed 1.6 needs more"),
+        ({"forecast": "prior_only"}, "'forecast' must be one of"),
+    ],
+)
+def test_mocap_config_checks_warp_and_forecast(tmp_path, overrides, match):
+    cfg = json.loads((BENCH / "configs" / "mocap.json").read_text())
+    cfg.update(overrides)
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(cfg))
+    with pytest.raises(BayesdynValueError, match=match):
+        mocap.load_mocap_config(path)
+
+
+def test_mocap_prior_forecast_conditions_on_the_first_frames_only():
+    """forecast="prior": the series holds only the conditioning frames, so later frames cannot
+    reach the model; the forecast still covers all 300 frame times."""
+    import torch
+
+    from bayesdyn import LatentSDE
+
+    cfg = mocap.load_mocap_config(BENCH / "configs" / "mocap.json")
+    cfg["forecast"] = "prior"
+    torch.manual_seed(0)
+    model = LatentSDE(config=cfg["model_config"])
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, mocap.NUM_FRAMES, 50))
+    sc = mocap.make_scaler(x, "none")
+    a, _ = mocap.predict(model, x, sc, cfg, 2, seed=3)
+    y = x.copy()
+    y[:, 3:] = 1e3  # later frames changed: the forecast must not move
+    b, _ = mocap.predict(model, y, sc, cfg, 2, seed=3)
+    assert a.shape == (2, 2, mocap.NUM_FRAMES, 50)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    y[:, 0] += 1.0  # a conditioning frame changed: it must
+    c, _ = mocap.predict(model, y, sc, cfg, 2, seed=3)
+    assert not torch.allclose(a, c)
+
+
 pp = _load("bench_point_processes")
 
 
