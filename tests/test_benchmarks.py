@@ -392,3 +392,29 @@ def test_mocap_training_loop_runs_in_chunks(tmp_path):
     out = mocap.train(model, data, scaler, cfg, seed=0, log=lambda s: None)
     assert out["steps_done"] == 6 and [h["step"] for h in out["history"]] == [2, 4, 6]
     assert out["best_step"] in (2, 4, 6) and np.isfinite(out["best_val_mse"])
+
+
+def test_mocap_obs_scale_calibration_matches_held_out_errors():
+    """After recalibration the predictive variance per channel (path spread plus observation
+    noise) equals the squared error of the predictive mean on Xval, and the decoder means (so
+    the MSE) do not move."""
+    import torch
+
+    from bayesdyn import LatentSDE
+
+    cfg = mocap.load_mocap_config(BENCH / "configs" / "mocap.json")
+    cfg["num_samples"] = 6
+    torch.manual_seed(0)
+    model = LatentSDE(config=cfg["model_config"])
+    rng = np.random.default_rng(1)
+    data = {"Xval": rng.normal(size=(2, mocap.NUM_FRAMES, 50)) * 3.0 + 1.0}
+    sc = mocap.make_scaler(data["Xval"], "channel")
+    before, _ = mocap.predict(model, sc.transform_values(data["Xval"]), sc, cfg, 6, seed=5)
+    scale = mocap.calibrate_obs_scale(model, data, sc, cfg, seed=5)
+    after, _ = mocap.predict(model, sc.transform_values(data["Xval"]), sc, cfg, 6, seed=5)
+    torch.testing.assert_close(before, after, rtol=0, atol=0)
+    np.testing.assert_allclose(model.decoder.scale().detach().numpy(), scale, rtol=1e-5)
+    m = sc.transform_values(after.numpy())[:, :, 3:]
+    x = sc.transform_values(data["Xval"])[:, 3:]
+    err = ((m.mean(0) - x) ** 2).mean(axis=(0, 1))
+    np.testing.assert_allclose(m.var(axis=0).mean(axis=(0, 1)) + scale**2, err, rtol=1e-4)

@@ -528,6 +528,30 @@ class GaussianDecoder(nn.Module):
         """Observation scale per channel. Shapes: ``[D]``."""
         return self.min_scale + F.softplus(self.raw_scale)
 
+    @torch.no_grad()
+    def set_scale(self, scale) -> None:
+        """Set the observation scale, e.g. to recalibrate it on held-out residuals.
+
+        Args:
+            scale: one positive number, or one per channel (``[D]``); each must exceed
+                ``min_scale``. Works whether or not the scale is learned.
+
+        Raises:
+            BayesdynValueError: wrong shape, or a value that is not finite or ``<= min_scale``.
+        """
+        d = self.raw_scale.shape[0]
+        s = torch.as_tensor(scale, dtype=self.raw_scale.dtype, device=self.raw_scale.device)
+        if s.dim() > 1 or (s.dim() == 1 and s.shape[0] != d):
+            raise BayesdynValueError(
+                f"scale must be a number or have shape [{d}]; got shape {tuple(s.shape)}"
+            )
+        if not bool(torch.isfinite(s).all()) or not bool((s > self.min_scale).all()):
+            raise BayesdynValueError(
+                f"scale must be finite and > min_scale={self.min_scale}; got {s.tolist()}"
+            )
+        excess = s - self.min_scale  # inverse softplus, stable for large values too
+        self.raw_scale.copy_((excess + torch.log(-torch.expm1(-excess))).expand(d))
+
     def forward(self, z: Tensor) -> dist.Distribution:
         """Observation distribution at latent ``z``."""
         loc = self.net(z)

@@ -185,3 +185,22 @@ def test_load_refuses_pickled_objects(tmp_path):
         load_model(tmp_path / "trunc.pt")
     with pytest.raises(BayesdynValueError, match="does not exist"):
         load_model(tmp_path / "missing.pt")
+
+
+def test_gaussian_decoder_set_scale_round_trips_and_refuses_bad_values():
+    from bayesdyn.models import GaussianDecoder
+
+    for learn in (True, False):
+        dec = GaussianDecoder(2, 3, learn_scale=learn, min_scale=1e-4)
+        want = torch.tensor([0.05, 1.0, 120.0])
+        dec.set_scale(want)
+        torch.testing.assert_close(dec.scale(), want, rtol=1e-6, atol=0)
+        dec.set_scale(0.3)
+        torch.testing.assert_close(dec.scale(), torch.full((3,), 0.3), rtol=1e-6, atol=0)
+        assert isinstance(dec.raw_scale, torch.nn.Parameter) == learn
+    with pytest.raises(BayesdynValueError, match=r"shape \[3\]; got shape \(2,\)"):
+        dec.set_scale([0.1, 0.2])
+    with pytest.raises(BayesdynValueError, match="> min_scale=0.0001"):
+        dec.set_scale([0.1, 0.0, 0.2])
+    with pytest.raises(BayesdynValueError, match="finite"):
+        dec.set_scale(float("nan"))
