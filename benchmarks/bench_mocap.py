@@ -14,11 +14,19 @@ distribution (observation samples, raw units), and the coverage of the central 9
 
 Model (after the paper's, about 11.6k parameters there): ``LatentSDE`` with
 ``encoder="first_k"`` (an MLP over the first 3 frames gives the context), latent 6, context 3,
-softplus MLPs, solver step 1/5 of the frame gap, learnable observation scale, KL annealing.
-The posterior drift reads only that context (``next_obs_features=False``, ``bridge=False``),
-so the posterior SDE conditioned on 3 frames is itself the forecaster: test sequences are
-passed with every frame after the third masked out (and zeroed), and the posterior drift stays
-active over the whole 300-frame window.
+softplus MLPs, KL annealing. The posterior drift reads only that context
+(``next_obs_features=False``, ``bridge=False``), so the posterior SDE conditioned on 3 frames is
+itself the forecaster: test sequences are passed with every frame after the third masked out
+(and zeroed), and the posterior drift stays active over the whole 300-frame window
+(``"forecast": "prior"`` instead passes only the 3 frames, so the prior SDE takes over after
+them).
+
+Config options beyond the paper's (``benchmarks/configs/mocap.json``, see its ``_comment`` and
+the README for the measurements behind them): training windows (``train_window``,
+``window_stride``), time-warped copies of them (``time_warp``: walking tempo varies between
+walks), a fixed observation scale in training, and ``calibrate_obs_scale``: after selection
+the decoder's scale is reset from the forecast residuals on ``Xval`` (bands only; the test MSE
+uses decoder means and does not change).
 
 Usage::
 
