@@ -133,3 +133,54 @@ def test_refine_works_on_a_latent_sde_and_refuses_a_diverged_start():
         BayesdynValueError, match="needs a model whose loss is finite to start from"
     ):
         refine_lbfgs(m, data[:8], progress=False)
+
+
+def _fail_evaluation(monkeypatch, fail_at: set[int]):
+    """Fault injection: the ELBO evaluations numbered in ``fail_at`` (1-based, counting every
+    call of the objective) return NaN, as a diverged SDE solve would. The model, the ELBO and
+    L-BFGS are the real ones."""
+    import bayesdyn.inference.refine as refine_mod
+
+    real = refine_mod._loss
+    calls = {"n": 0}
+
+    def loss(*args, **kwargs):
+        calls["n"] += 1
+        out = real(*args, **kwargs)
+        return out * float("nan") if calls["n"] in fail_at else out
+
+    monkeypatch.setattr(refine_mod, "_loss", loss)
+    return calls
+
+
+def test_refine_retries_a_round_that_diverges_midway(monkeypatch):
+    """A non-finite objective inside a round restores the last good parameters, halves the
+    step scale, starts a fresh L-BFGS memory, and the rounds still reach the optimum."""
+    d = simulate_self_correcting(num_series=12, t1=20.0, seed=4, mu=0.5, beta=0.2).series
+    mu_hat, beta_hat = _mle(d.events, 20.0)
+    m, drift, jump = _two_parameter_model(0.4, 0.3)
+    # Evaluation 1 is the starting loss; 2.. are round 1's line search: fail its 4th.
+    calls = _fail_evaluation(monkeypatch, {5})
+    res = refine_lbfgs(m, d.to_jump_batch(), num_rounds=3, max_iter=30, progress=False)
+    assert calls["n"] > 5
+    assert res.divergences == [{"round": 1, "reason": res.divergences[0]["reason"], "lr": 0.5}]
+    assert "nan" in res.divergences[0]["reason"].lower()
+    assert [h["round"] for h in res.history] == list(range(1, len(res.history) + 1))
+    assert float(drift.detach()) == pytest.approx(mu_hat, abs=1e-3)
+    assert float(-jump.detach()) == pytest.approx(beta_hat, abs=1e-3)
+    assert "1 divergence(s) retried" in res.summary()
+
+
+def test_refine_stops_after_max_divergences_with_the_best_parameters(monkeypatch):
+    d = simulate_self_correcting(num_series=6, t1=20.0, seed=4, mu=0.5, beta=0.2).series
+    m, drift, jump = _two_parameter_model(0.4, 0.3)
+    start = {k: v.clone() for k, v in m.state_dict().items()}
+    _fail_evaluation(monkeypatch, set(range(3, 1000)))  # every evaluation after the first step
+    res = refine_lbfgs(
+        m, d.to_jump_batch(), num_rounds=3, max_iter=10, max_divergences=2, progress=False
+    )
+    assert [x["lr"] for x in res.divergences] == [0.5, 0.25]
+    assert res.stopped.startswith("diverged:") and "round 1" in res.stopped
+    assert res.history == [] and res.best_round == 0
+    for k, v in m.state_dict().items():  # nothing finished: the starting parameters stay
+        assert torch.equal(v, start[k]), k
