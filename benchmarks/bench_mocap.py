@@ -192,13 +192,16 @@ def make_scaler(x: np.ndarray, scaling: str) -> Scaler:
     return Scaler(mean, np.where(std < 1e-8, 1.0, std))
 
 
-def to_series(x: np.ndarray, context_frames: int | None = None) -> IrregularTimeSeries:
-    """Sequences ``[N, 300, D]`` as series on ``t = 0.1 * arange(300)``.
+def to_series(
+    x: np.ndarray, context_frames: int | None = None, tempo: float = 1.0
+) -> IrregularTimeSeries:
+    """Sequences ``[N, 300, D]`` as series on ``t = 0.1 * tempo * arange(300)``.
 
     With ``context_frames=k`` only the first ``k`` frames are observed: later frames keep their
     times (so the posterior runs over the whole window) but are masked out and zeroed.
+    ``tempo < 1`` puts the frames closer in model time, so the model's dynamics walk slower.
     """
-    t = FRAME_DT * np.arange(x.shape[1])
+    t = FRAME_DT * tempo * np.arange(x.shape[1])
     mask = np.ones(x.shape, dtype=bool)
     vals = x.copy()
     if context_frames is not None:
@@ -238,19 +241,28 @@ def windows(
     return np.concatenate(out)
 
 
-def predict(model, x_scaled: np.ndarray, scaler: Scaler, cfg: dict, num_samples: int, seed: int):
+def predict(
+    model,
+    x_scaled: np.ndarray,
+    scaler: Scaler,
+    cfg: dict,
+    num_samples: int,
+    seed: int,
+    tempo: float = 1.0,
+):
     """Condition on the first frames; return decoder-mean and observation samples, raw units.
 
+    ``tempo`` scales every time (conditioning frames and queries; see :func:`to_series`).
     Shapes: ``x_scaled [N, 300, D]`` -> ``(mean_samples, obs_samples)`` each ``[S, N, 300, D]``.
     """
     k = cfg["context_frames"]
     if cfg["forecast"] == "prior":
         # Series of the k conditioning frames: the posterior runs to frame k - 1, then the
         # prior SDE continues alone.
-        cond = to_series(x_scaled[:, :k])
+        cond = to_series(x_scaled[:, :k], tempo=tempo)
     else:
-        cond = to_series(x_scaled, k)
-    times = FRAME_DT * np.arange(x_scaled.shape[1])
+        cond = to_series(x_scaled, k, tempo=tempo)
+    times = FRAME_DT * tempo * np.arange(x_scaled.shape[1])
     traj = bayesdyn.posterior_predictive(
         model, cond, times=times, num_samples=num_samples, seed=seed
     )

@@ -418,3 +418,35 @@ def test_mocap_obs_scale_calibration_matches_held_out_errors():
     x = sc.transform_values(data["Xval"])[:, 3:]
     err = ((m.mean(0) - x) ** 2).mean(axis=(0, 1))
     np.testing.assert_allclose(m.var(axis=0).mean(axis=(0, 1)) + scale**2, err, rtol=1e-4)
+
+
+tempo = _load("mocap_tempo")
+
+
+def test_gait_period_recovers_a_known_period():
+    t = np.arange(300)[:, None]
+    walk = np.concatenate([np.sin(2 * np.pi * t / 137), np.cos(2 * np.pi * t / 137 + 1)], 1)
+    assert tempo.gait_period(walk) == 137
+    # Negative control: another period is not reported as 137.
+    assert tempo.gait_period(np.sin(2 * np.pi * t / 90)) == 90
+
+
+def test_tempo_table_at_tempo_one_is_the_bench_mse():
+    import torch
+
+    from bayesdyn import LatentSDE
+
+    cfg = mocap.load_mocap_config(BENCH / "configs" / "mocap.json")
+    torch.manual_seed(0)
+    model = LatentSDE(config=cfg["model_config"])
+    rng = np.random.default_rng(2)
+    data = {k: rng.normal(size=(2, mocap.NUM_FRAMES, 50)) for k in ("Xtr", "Xval", "Xtest")}
+    rows = tempo.tempo_table(model, data, cfg, [1.0, 0.9], num_samples=2, seed=4)
+    sc = mocap.make_scaler(data["Xtr"], cfg["scaling"])
+    ref, _ = mocap.predict(model, sc.transform_values(data["Xtest"]), sc, cfg, 2, seed=4)
+    np.testing.assert_array_equal(rows[0]["Xtest"], mocap.seq_mse(ref, data["Xtest"], 3))
+    slow, _ = mocap.predict(
+        model, sc.transform_values(data["Xtest"]), sc, cfg, 2, seed=4, tempo=0.9
+    )
+    np.testing.assert_array_equal(rows[1]["Xtest"], mocap.seq_mse(slow, data["Xtest"], 3))
+    assert not np.array_equal(rows[1]["Xtest"], rows[0]["Xtest"])
