@@ -46,6 +46,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -211,7 +212,7 @@ def to_series(
 
 
 def windows(
-    x: np.ndarray, length: int | None, stride: int, speeds: list[float] = (1.0,)
+    x: np.ndarray, length: int | None, stride: int, speeds: Sequence[float] = (1.0,)
 ) -> np.ndarray:
     """Training windows ``[N * n_w, length, D]`` starting every ``stride`` frames.
 
